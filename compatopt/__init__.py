@@ -1,0 +1,27 @@
+"""compatopt: TensorFlow 1's optimizers rebuilt on JAX, bit for bit.
+
+Two layers:
+
+* functional rules (``compatopt.adam(...)`` ...): ``init`` / ``apply`` (TF1-exact) /
+  ``update`` (optax protocol) over pytrees;
+* ``compatopt.train``: the ``tf.compat.v1.train`` shim (Variables, slots, minimize, ...).
+"""
+
+from compatopt import errors as errors
+from compatopt._base import (ArrayTree as ArrayTree, IndexedSlices as IndexedSlices,
+                             Rule as Rule, Schedule as Schedule, apply_updates as apply_updates)
+from compatopt.rules import (AdadeltaState as AdadeltaState, AdagradDAState as AdagradDAState,
+                             AdagradState as AdagradState, AdamState as AdamState,
+                             FtrlState as FtrlState,
+                             GradientDescentState as GradientDescentState,
+                             MomentumState as MomentumState,
+                             ProximalAdagradState as ProximalAdagradState,
+                             ProximalGradientDescentState as ProximalGradientDescentState,
+                             RMSPropState as RMSPropState, adadelta as adadelta,
+                             adagrad as adagrad, adagrad_da as adagrad_da, adam as adam,
+                             ftrl as ftrl, gradient_descent as gradient_descent,
+                             momentum as momentum, proximal_adagrad as proximal_adagrad,
+                             proximal_gradient_descent as proximal_gradient_descent,
+                             rmsprop as rmsprop)
+
+__version__ = "0.1.0"

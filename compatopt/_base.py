@@ -1,0 +1,134 @@
+"""The whole functional interface: ``Rule``, ``IndexedSlices``, ``apply_updates``, types.
+
+A :class:`Rule` is duck-type compatible with ``optax.GradientTransformation``: it has
+``init(params) -> state`` and ``update(grads, state, params) -> (updates, state)``, so it can
+sit inside ``optax.chain``. It adds ``apply(grads, state, params) -> (new_params, state)``,
+which computes the new parameter values exactly as TF1's kernel does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+ArrayTree = Any
+"""A pytree whose leaves are arrays (the parameters, gradients or a state field)."""
+
+Schedule = Callable[[jax.Array], ArrayLike]
+"""A hyper-parameter given as a function of the number of applies done before this one."""
+
+ScalarOrSchedule = Union[float, ArrayLike, Schedule]
+
+
+@jax.tree_util.register_pytree_node_class
+class IndexedSlices:
+    """A sparse gradient: ``values[k]`` is the gradient of row ``indices[k]`` (TF1's type).
+
+    Attributes:
+      values: ``[k, *dense_shape[1:]]`` gradient rows.
+      indices: ``[k]`` integer row indices; repeats are allowed (they are summed, or applied
+        one after another by GradientDescent, as in TF1).
+      dense_shape: the full shape of the variable (static; a tuple of ints), or ``None``.
+
+    It is a pytree node whose children are ``values`` and ``indices``, so it passes through
+    ``jit`` and ``vmap``; the rules treat each one as a single gradient leaf.
+    """
+
+    __slots__ = ("values", "indices", "dense_shape")
+
+    def __init__(self, values: ArrayLike, indices: ArrayLike,
+                 dense_shape: Optional[Sequence[int]] = None):
+        self.values = values if isinstance(values, jax.Array) else jnp.asarray(values)
+        self.indices = indices if isinstance(indices, jax.Array) else jnp.asarray(indices)
+        self.dense_shape = None if dense_shape is None else tuple(int(d) for d in dense_shape)
+
+    def tree_flatten(self):
+        return (self.values, self.indices), self.dense_shape
+
+    @classmethod
+    def tree_unflatten(cls, dense_shape, children):
+        obj = object.__new__(cls)
+        obj.values, obj.indices = children
+        obj.dense_shape = dense_shape
+        return obj
+
+    @property
+    def dtype(self):
+        return self.values.dtype
+
+    def to_dense(self) -> jax.Array:
+        """The dense gradient: rows summed into zeros of ``dense_shape``."""
+        if self.dense_shape is None:
+            raise ValueError("IndexedSlices.to_dense() needs a dense_shape")
+        zeros = jnp.zeros(self.dense_shape, self.values.dtype)
+        return zeros.at[self.indices].add(self.values)
+
+    def __repr__(self) -> str:
+        return (f"IndexedSlices(values={self.values!r}, indices={self.indices!r}, "
+                f"dense_shape={self.dense_shape})")
+
+
+def is_grad_leaf(x: Any) -> bool:
+    """The leaves of a gradient tree: arrays, ``None`` (no gradient) and ``IndexedSlices``."""
+    return x is None or isinstance(x, IndexedSlices)
+
+
+class LeafUpdate(NamedTuple):
+    """What a rule's kernel returns for one parameter leaf.
+
+    Exactly one of ``delta`` (TF1 computes ``var = var - delta``) and ``value`` (TF1 sets
+    ``var = value``) is given. When ``rows`` is given, ``delta``/``value`` hold only those rows
+    of the variable (``rows[k] == num_rows`` marks padding, dropped). ``update`` optionally
+    overrides the optax-style update derived from them.
+    """
+
+    slots: dict
+    delta: Optional[jax.Array] = None
+    value: Optional[jax.Array] = None
+    rows: Optional[jax.Array] = None
+    update: Optional[jax.Array] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A TF1 update rule: ``init``, ``apply`` (TF1-exact) and the optax ``update``.
+
+    Attributes:
+      init: ``params -> state``; the state is a NamedTuple of arrays and pytrees of arrays
+        shaped like ``params``, its fields named like TF1's slots.
+      apply: ``(grads, state, params) -> (new_params, new_state)``; the new values are
+        computed exactly as TF1's kernel computes them.
+      update: ``(grads, state, params) -> (updates, new_state)``, the optax protocol;
+        ``apply_updates(params, updates)`` lands on the same bits as ``apply`` for every
+        rule whose TF1 kernel ends in ``var - delta`` (the updates are ``-delta``).
+      name: TF1's default optimizer name (``"Adam"``), also the slot-variable suffix.
+      hyperparams: the constructor arguments, for ``repr`` and introspection.
+    """
+
+    init: Callable[[ArrayTree], Any]
+    apply: Callable[..., tuple]
+    update: Callable[..., tuple]
+    name: str
+    hyperparams: dict = dataclasses.field(default_factory=dict, compare=False)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparams.items())
+        return f"{self.name}Rule({args})"
+
+
+def apply_updates(params: ArrayTree, updates: ArrayTree) -> ArrayTree:
+    """``params + updates`` leaf by leaf, keeping each parameter's dtype (as optax).
+
+    A ``None`` update leaves its parameter unchanged.
+    """
+
+    def add(p, u):
+        if u is None:
+            return p
+        return jnp.asarray(p + u).astype(jnp.asarray(p).dtype)
+
+    return jax.tree_util.tree_map(add, params, updates, is_leaf=lambda x: x is None)

@@ -1,0 +1,320 @@
+"""Builds a :class:`~compatopt.Rule` from one TF1 optimizer's kernels.
+
+Each rule module states only TF1's math: the slots and their initial values, the
+hyper-parameters, a dense kernel, a sparse kernel and the once-per-apply ``finish`` (Adam's
+beta powers). This module does what is common to all of them: walking the pytrees,
+validating every leaf before anything is computed (so a bad call changes nothing), turning
+hyper-parameters into tensors as TF1's ``_prepare`` does, counting applies, and deriving the
+optax-style ``update`` from the kernel's ``delta``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from compatopt import _numerics, _sparse
+from compatopt._base import ArrayTree, IndexedSlices, LeafUpdate, Rule, is_grad_leaf
+from compatopt.errors import InvalidArgumentError
+
+DenseKernel = Callable[[jax.Array, jax.Array, dict, "Hyper"], LeafUpdate]
+SparseKernel = Callable[[jax.Array, jax.Array, jax.Array, dict, "Hyper"], LeafUpdate]
+
+ALL_FLOATS = frozenset(_numerics.FLOAT_DTYPES)
+
+
+class Hyper(dict):
+    """This apply's hyper-parameters as TF1 tensors (``_prepare``), plus non-slot values.
+
+    ``hp.cast(name, dtype)`` is TF1's ``math_ops.cast(self._name_t, var.dtype.base_dtype)``.
+    """
+
+    def cast(self, name: str, dtype: Any) -> jax.Array:
+        return _numerics.cast(self[name], dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleDef:
+    """The TF1-specific parts of a rule.
+
+    Attributes:
+      name: TF1's default optimizer name (``"Adam"``).
+      state_type: NamedTuple type; fields ``count``, then ``non_slots``, then ``slots``.
+      slots: ``(slot_name, init_fn)`` in TF1's creation order; ``init_fn(param)`` builds the
+        slot's initial value in the parameter's dtype.
+      hyperparams: constructor arguments already validated (floats, arrays or callables).
+      dense: ``(grad, var, slots, hp) -> LeafUpdate``.
+      sparse: ``(values, rows, var, slots, hp) -> LeafUpdate``; ``rows`` are unique (padded)
+        unless ``deduplicate`` is False, in which case they are the raw indices.
+      non_slots: ``hp -> {name: initial value}`` (Adam's ``beta1_power``...).
+      prepare: ``(hp, count) -> {name: value}``, extra per-apply tensors (TF1 ``_prepare``).
+      finish: ``(non_slot_values, hp) -> new non_slot_values`` (TF1 ``_finish``).
+      dense_dtypes / sparse_dtypes: variable dtypes TF1 has kernels for.
+      deduplicate: sum repeated indices before the sparse kernel (all but GradientDescent).
+      check_dense_hyper_dtype: the dense kernel takes hyper-parameters uncast (TF1's
+        proximal family), so their dtype must equal the variable's.
+      static: constructor arguments that choose a kernel (``use_nesterov``), for ``repr``.
+    """
+
+    name: str
+    state_type: type
+    slots: tuple
+    hyperparams: Mapping[str, Any]
+    dense: DenseKernel
+    sparse: SparseKernel
+    non_slots: Callable[[Hyper], dict] = lambda hp: {}
+    prepare: Optional[Callable[[Hyper, jax.Array], dict]] = None
+    finish: Optional[Callable[[dict, Hyper], dict]] = None
+    dense_dtypes: frozenset = ALL_FLOATS
+    sparse_dtypes: frozenset = ALL_FLOATS
+    deduplicate: bool = True
+    check_dense_hyper_dtype: tuple = ()
+    static: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _leaf_name(path) -> str:
+    return jax.tree_util.keystr(path) or "params"
+
+
+def _increment(count: jax.Array) -> jax.Array:
+    limit = jnp.iinfo(jnp.int32).max
+    return jnp.where(count < limit, count + 1, limit).astype(jnp.int32)
+
+
+def _dtype_names(dtypes) -> str:
+    return ", ".join(sorted(jnp.dtype(d).name for d in dtypes))
+
+
+def _check_leaf(rd: RuleDef, where: str, g: Any, p: Any, slots: dict, hp: Hyper) -> None:
+    """Raises before any computation if this (grad, param, slots) leaf is malformed."""
+    if not hasattr(p, "dtype") or not hasattr(p, "shape"):
+        raise TypeError(f"{rd.name}: parameter {where} is not an array: {type(p).__name__}")
+    dtype = jnp.dtype(p.dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{rd.name}: parameter {where} has dtype {dtype.name}; TF1 optimizers update only "
+            f"float16, bfloat16, float32 and float64 variables")
+    sparse = isinstance(g, IndexedSlices)
+    supported = rd.sparse_dtypes if sparse else rd.dense_dtypes
+    if dtype not in supported:
+        kind = "sparse" if sparse else "dense"
+        raise TypeError(
+            f"{rd.name}: no {kind} kernel for {dtype.name} (parameter {where}); TF1 registers "
+            f"{kind} {rd.name} kernels only for {_dtype_names(supported)}")
+    if jnp.dtype(g.dtype) != dtype:
+        raise TypeError(
+            f"{rd.name}: gradient for {where} has dtype {jnp.dtype(g.dtype).name} but the "
+            f"parameter has dtype {dtype.name}")
+    for slot_name, slot in slots.items():
+        if tuple(slot.shape) != tuple(p.shape):
+            raise InvalidArgumentError(
+                f"{rd.name}: slot '{slot_name}' of {where} has shape {tuple(slot.shape)} but the "
+                f"parameter has shape {tuple(p.shape)}; was the state made by init() on these "
+                f"params?")
+    if not sparse:
+        if tuple(g.shape) != tuple(p.shape):
+            raise InvalidArgumentError(
+                f"{rd.name}: var and grad do not have the same shape {list(p.shape)} "
+                f"{list(g.shape)} (parameter {where})")
+        for name in rd.check_dense_hyper_dtype:
+            hdt = jnp.dtype(hp[name].dtype)
+            if hdt != dtype:
+                raise TypeError(
+                    f"{rd.name}: the dense kernel takes '{name}' uncast, and it is {hdt.name} "
+                    f"while parameter {where} is {dtype.name}; pass the hyper-parameters as "
+                    f"{dtype.name} arrays (TF1 raises InvalidArgumentError here)")
+        return
+    if p.ndim < 1:
+        raise InvalidArgumentError(
+            f"{rd.name}: var must be at least 1 dimensional for a sparse gradient "
+            f"(parameter {where})")
+    if not jnp.issubdtype(g.indices.dtype, jnp.integer) or g.indices.ndim != 1:
+        raise InvalidArgumentError(
+            f"{rd.name}: indices must be a vector of int32 or int64 (parameter {where}), got "
+            f"{g.indices.dtype.name}{list(g.indices.shape)}")
+    if g.values.ndim < 1 or g.values.shape[0] != g.indices.shape[0]:
+        raise InvalidArgumentError(
+            f"{rd.name}: grad must be the same size as indices in the first dimension "
+            f"(parameter {where}): values {list(g.values.shape)}, indices "
+            f"{list(g.indices.shape)}")
+    if tuple(g.values.shape[1:]) != tuple(p.shape[1:]):
+        raise InvalidArgumentError(
+            f"{rd.name}: var and grad must match in dimension 1.. (parameter {where}): var "
+            f"{list(p.shape)}, grad values {list(g.values.shape)}")
+    if g.dense_shape is not None and tuple(g.dense_shape) != tuple(p.shape):
+        raise InvalidArgumentError(
+            f"{rd.name}: IndexedSlices dense_shape {list(g.dense_shape)} differs from the "
+            f"shape {list(p.shape)} of parameter {where}")
+    _sparse.check_indices(g.indices, p.shape[0], f"{rd.name} ({where})")
+
+
+def _resolve(rd: RuleDef, count: jax.Array) -> Hyper:
+    hp = Hyper()
+    for name, value in rd.hyperparams.items():
+        if value is None:
+            continue
+        if callable(value):
+            value = value(count)
+        hp[name] = _numerics.to_tf_tensor(value)
+    return hp
+
+
+def _run_leaf(rd: RuleDef, g, p, slots: dict, hp: Hyper) -> LeafUpdate:
+    if isinstance(g, IndexedSlices):
+        num_rows = p.shape[0]
+        if rd.deduplicate:
+            uniq = _sparse.deduplicate(g.values, g.indices, num_rows)
+            return rd.sparse(uniq.values, uniq.rows, p, slots, hp)
+        return rd.sparse(g.values, g.indices.astype(jnp.int32), p, slots, hp)
+    return rd.dense(g, p, slots, hp)
+
+
+def _new_value(p: jax.Array, out: LeafUpdate) -> jax.Array:
+    if out.rows is None:
+        return out.value if out.value is not None else p - out.delta
+    if out.value is not None:
+        rows_new = out.value
+    else:
+        rows_new = _sparse.gather(p, out.rows) - out.delta
+    return _sparse.scatter(p, out.rows, rows_new)
+
+
+def _optax_update(p: jax.Array, out: LeafUpdate) -> jax.Array:
+    if out.update is not None:
+        return out.update
+    if out.rows is None:
+        return -out.delta if out.delta is not None else out.value - p
+    if out.delta is not None:
+        rows_u = -out.delta
+    else:
+        rows_u = out.value - _sparse.gather(p, out.rows)
+    return _sparse.scatter(jnp.zeros_like(p), out.rows, rows_u)
+
+
+def build(rd: RuleDef) -> Rule:
+    """Assembles ``init``, ``apply`` and ``update`` for one TF1 rule."""
+    slot_names = tuple(name for name, _ in rd.slots)
+    non_slot_names = tuple(rd.non_slots(Hyper({k: v for k, v in rd.hyperparams.items()
+                                               if v is not None})).keys())
+
+    def init(params: ArrayTree):
+        hp = _resolve(rd, jnp.zeros((), jnp.int32))
+        fields = {"count": jnp.zeros((), jnp.int32)}
+        fields.update(rd.non_slots(hp))
+        for name, init_fn in rd.slots:
+            fields[name] = jax.tree_util.tree_map(init_fn, params)
+        return rd.state_type(**fields)
+
+    def _step(grads, state, params, want_updates: bool):
+        flat_g, treedef = jax.tree_util.tree_flatten_with_path(grads, is_leaf=is_grad_leaf)
+        try:
+            flat_p = treedef.flatten_up_to(params)
+            flat_s = {s: treedef.flatten_up_to(getattr(state, s)) for s in slot_names}
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                f"{rd.name}: grads, params and state must have the same tree structure "
+                f"(grads: {treedef}); {e}") from None
+        count = state.count
+        hp = _resolve(rd, count)
+        non_slot = {name: getattr(state, name) for name in non_slot_names}
+        hp.update(non_slot)
+        for i, ((path, g), p) in enumerate(zip(flat_g, flat_p)):
+            if g is not None:
+                _check_leaf(rd, _leaf_name(path), g, p, {s: flat_s[s][i] for s in slot_names},
+                            hp)
+        if rd.prepare is not None:
+            hp.update(rd.prepare(hp, count))
+
+        new_p, new_s, updates = [], {s: [] for s in slot_names}, []
+        for i, ((_, g), p) in enumerate(zip(flat_g, flat_p)):
+            slots = {s: flat_s[s][i] for s in slot_names}
+            if g is None:
+                new_p.append(p)
+                updates.append(None)
+                for s in slot_names:
+                    new_s[s].append(slots[s])
+                continue
+            out = _run_leaf(rd, g, p, slots, hp)
+            if want_updates:
+                updates.append(_optax_update(p, out))
+            else:
+                new_p.append(_new_value(p, out))
+            for s in slot_names:
+                new_s[s].append(out.slots[s])
+
+        fields = {"count": _increment(count)}
+        if rd.finish is not None:
+            non_slot = rd.finish(non_slot, hp)
+        fields.update(non_slot)
+        for s in slot_names:
+            fields[s] = jax.tree_util.tree_unflatten(treedef, new_s[s])
+        new_state = rd.state_type(**fields)
+        result = updates if want_updates else new_p
+        return jax.tree_util.tree_unflatten(treedef, result), new_state
+
+    def apply(grads: ArrayTree, state, params: ArrayTree):
+        return _step(grads, state, params, want_updates=False)
+
+    def update(grads: ArrayTree, state, params: Optional[ArrayTree] = None):
+        if params is None:
+            raise ValueError(
+                f"{rd.name}: update() needs params (TF1's kernels read the variable)")
+        return _step(grads, state, params, want_updates=True)
+
+    hyper = {**rd.hyperparams, **rd.static}
+    return Rule(init=init, apply=apply, update=update, name=rd.name, hyperparams=hyper)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _concrete_float(value: Any) -> Optional[float]:
+    if callable(value) or value is None:
+        return None
+    if not _numerics.is_concrete(value):
+        return None
+    arr = np.asarray(value)
+    if arr.size != 1:
+        return None
+    return float(arr.reshape(()))
+
+
+def require(condition: Callable[[float], bool], name: str, value: Any, message: str,
+            exc: type = ValueError) -> None:
+    """Raises ``exc(message % value)`` when a concrete ``value`` fails ``condition``.
+
+    NaN fails every condition (``not (nan > 0)``), so a non-finite value TF1 would reject
+    by comparison is rejected here too. Tracers and callables are checked when they run.
+    """
+    x = _concrete_float(value)
+    if x is not None and (math.isnan(x) or not condition(x)):
+        raise exc(message % (value,))
+
+
+def no_callable(rule_name: str, **values: Any) -> None:
+    """TF1 passes these straight to ``convert_to_tensor``, which rejects a function."""
+    for name, value in values.items():
+        if callable(value):
+            raise ValueError(
+                f"{rule_name}: Attempt to convert a value ({value!r}) with an unsupported type "
+                f"({type(value)}) to a Tensor. TF1's {rule_name} does not call a callable "
+                f"'{name}'; pass a float or an array.")
+
+
+def zeros_slot(p: jax.Array) -> jax.Array:
+    """A slot of zeros shaped and typed like its parameter (TF1 ``_zeros_slot``)."""
+    return jnp.zeros(p.shape, p.dtype)
+
+
+def constant_slot(value: float) -> Callable[[jax.Array], jax.Array]:
+    """A slot initialised to ``value`` built directly in the parameter's dtype (TF1)."""
+
+    def init(p):
+        return jnp.full(p.shape, value, p.dtype)
+
+    return init

@@ -1,0 +1,178 @@
+"""FTRL-Proximal (TF1 ``FtrlOptimizer``, kernels ``ApplyFtrl[V2]`` / ``SparseApplyFtrl[V2]``)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from compatopt import _numerics as N
+from compatopt import _sparse as S
+from compatopt._base import ArrayTree, LeafUpdate, Rule
+from compatopt._rule import (Hyper, RuleDef, _concrete_float, build, constant_slot,
+                             no_callable, require, zeros_slot)
+from compatopt.errors import InvalidArgumentError
+
+
+class FtrlState(NamedTuple):
+    """``count``; ``accum`` (``w/Ftrl`` or ``w/<accum_name>``), ``linear`` (``w/Ftrl_1``)."""
+
+    count: jax.Array
+    accum: ArrayTree
+    linear: ArrayTree
+
+
+def _power(x, lr_power, T, exact_sqrt: Optional[bool]):
+    """``P(x)``: ``sqrt(x)`` when ``lr_power == -0.5``, else ``x ** -lr_power``."""
+    if exact_sqrt is True:
+        return N.sqrt(x)
+    p = jnp.power(x, -lr_power)
+    if exact_sqrt is False:
+        return N.opaque(p)
+    return N.opaque(jnp.where(lr_power == -0.5, jnp.sqrt(x), p))
+
+
+def _prepare(hp: Hyper, count) -> dict:
+    lr = hp["learning_rate"]
+    beta = hp["beta"].astype(lr.dtype)
+    l2 = hp["l2_regularization_strength"].astype(lr.dtype)
+    two = jnp.asarray(2.0, lr.dtype)
+    return {"l2_adjusted": l2 + N.div(beta, two * jnp.maximum(lr, jnp.asarray(1e-36, lr.dtype)))}
+
+
+def _make_kernels(shrinkage: bool, exact_sqrt: Optional[bool]):
+    def terms(g, var, accum, linear, hp: Hyper):
+        T = g.dtype
+        lr = hp.cast("learning_rate", T)
+        l1 = hp.cast("l1_regularization_strength", T)
+        l2_adj = hp.cast("l2_adjusted", T)
+        lr_power = hp.cast("learning_rate_power", T)
+        gs = g
+        if shrinkage:
+            l2s = hp.cast("l2_shrinkage_regularization_strength", T)
+            gs = g + N.mul(2 * l2s, var)
+        new_accum = accum + N.mul(g, g)
+        p_new = _power(new_accum, lr_power, T, exact_sqrt)
+        p_old = _power(accum, lr_power, T, exact_sqrt)
+        y = N.div(p_new, lr) + N.mul(jnp.asarray(2, T), l2_adj)
+        return T, lr, l1, lr_power, gs, new_accum, p_new, p_old, y
+
+    def dense(g, var, slots, hp: Hyper) -> LeafUpdate:
+        accum, linear = slots["accum"], slots["linear"]
+        T, lr, l1, _, gs, new_accum, p_new, p_old, y = terms(g, var, accum, linear, hp)
+        linear = linear + (gs - N.mul(N.div(p_new - p_old, lr), var))
+        x = N.mul(l1, N.sign(linear)) - linear
+        value = jnp.where(jnp.abs(linear) > l1, x / y, jnp.zeros((), T))
+        return LeafUpdate(slots={"accum": new_accum, "linear": linear}, value=value)
+
+    def sparse(g, rows, var, slots, hp: Hyper) -> LeafUpdate:
+        for name, cond, text in (("learning_rate", lambda v: v > 0, "lr is not a positive scalar"),
+                                 ("l1_regularization_strength", lambda v: v >= 0,
+                                  "l1 regularization strength is not a non-negative scalar"),
+                                 ("l2_regularization_strength", lambda v: v >= 0,
+                                  "l2 regularization strength is not a non-negative scalar")):
+            require(cond, name, hp[name], f"Ftrl: {text}: %s", InvalidArgumentError)
+        accum = S.gather(slots["accum"], rows)
+        linear = S.gather(slots["linear"], rows)
+        v = S.gather(var, rows)
+        T, lr, l1, lr_power, gs, new_accum, p_new, p_old, y = terms(g, v, accum, linear, hp)
+        if var.ndim > 1:
+            linear = linear + (gs - N.mul(N.div(p_new - p_old, lr), v))
+        else:  # TF1's scalar path: C pow (also for -0.5) and another association
+            sigma = N.div(N.opaque(jnp.power(new_accum, -lr_power))
+                          - N.opaque(jnp.power(accum, -lr_power)), lr)
+            linear = (linear + gs) - N.mul(sigma, v)
+        value = (jnp.clip(linear, -l1, l1) - linear) / y
+        new_slots = {"accum": S.scatter(slots["accum"], rows, new_accum),
+                     "linear": S.scatter(slots["linear"], rows, linear)}
+        return LeafUpdate(slots=new_slots, value=value, rows=rows)
+
+    return dense, sparse
+
+
+def ftrl(learning_rate: float, learning_rate_power: float = -0.5,
+         initial_accumulator_value: float = 0.1, l1_regularization_strength: float = 0.0,
+         l2_regularization_strength: float = 0.0,
+         l2_shrinkage_regularization_strength: float = 0.0,
+         beta: Optional[float] = None) -> Rule:
+    r"""FTRL-Proximal, as TF1's ``FtrlOptimizer`` (McMahan et al., 2013).
+
+    The new value is set from ``linear`` (``apply`` is the exact path; the optax-style
+    ``update`` is ``new - old``). With ``P(x) = sqrt(x)`` when ``learning_rate_power ==
+    -0.5``, else ``x ** -learning_rate_power``; ``l2_adj = l2 + beta / (2 * max(lr,
+    1e-36))`` in lr's dtype; ``gs = g`` or, with shrinkage (``ApplyFtrlV2``),
+    ``g + ((2 * l2_shrinkage) * var)``::
+
+        na = accum + (g * g)
+        linear = linear + (gs - (((P(na) - P(accum)) / lr) * var))
+        x = (l1 * sign(linear)) - linear
+        y = (P(na) / lr) + (2 * l2_adj)
+        var = abs(linear) > l1 ? x / y : 0
+        accum = na                                  # the raw g, never gs
+
+    Sparse rank >= 2: the same per row, then ``var = (clip(linear, -l1, l1) - linear) / y``;
+    rank 1 (TF1's scalar path): ``sigma = (pow(na, -p) - pow(accum, -p)) / lr``,
+    ``linear = (linear + gs) - (sigma * var)``.
+
+    ``pow`` is XLA's, not Eigen's ``generic_pow``: for a ``learning_rate_power`` other
+    than -0.5 or 0 results are within a few ulp of TF1 (exact for -0.5 and 0).
+
+    Args:
+      learning_rate: float or array (TF1 does not call a callable here).
+      learning_rate_power: <= 0 (default -0.5).
+      initial_accumulator_value: >= 0 (default 0.1).
+      l1_regularization_strength, l2_regularization_strength,
+      l2_shrinkage_regularization_strength: >= 0.
+      beta: ``None`` means 0.0 (TF1's ``beta``, added to the L2 term as ``beta / (2 lr)``).
+
+    Returns:
+      A :class:`~compatopt.Rule`; its state is :class:`FtrlState`.
+
+    Example:
+      >>> import jax.numpy as jnp, compatopt as co
+      >>> rule = co.ftrl(0.1, l1_regularization_strength=0.01)
+      >>> p = jnp.zeros(2); s = rule.init(p)
+      >>> p, s = rule.apply(jnp.ones(2), s, p)
+
+    Differences: optax has no FTRL; Keras' ``Ftrl`` is the same kernel.
+    """
+    no_callable("Ftrl", learning_rate=learning_rate, learning_rate_power=learning_rate_power,
+                initial_accumulator_value=initial_accumulator_value,
+                l1_regularization_strength=l1_regularization_strength,
+                l2_regularization_strength=l2_regularization_strength,
+                l2_shrinkage_regularization_strength=l2_shrinkage_regularization_strength,
+                beta=beta)
+    for name, value in (("initial_accumulator_value", initial_accumulator_value),
+                        ("l1_regularization_strength", l1_regularization_strength),
+                        ("l2_regularization_strength", l2_regularization_strength),
+                        ("l2_shrinkage_regularization_strength",
+                         l2_shrinkage_regularization_strength)):
+        x = _concrete_float(value)
+        if x is not None and not x >= 0:
+            raise ValueError(f"{name} {x:f} needs to be positive or zero")
+    x = _concrete_float(learning_rate_power)
+    if x is not None and not x <= 0:
+        raise ValueError(f"learning_rate_power {x:f} needs to be negative or zero")
+    beta = 0.0 if beta is None else beta
+    exact_sqrt = None if x is None else bool(np.float32(x) == np.float32(-0.5))
+    shrink = _concrete_float(l2_shrinkage_regularization_strength)
+    shrinkage = shrink is None or shrink > 0
+    dense, sparse = _make_kernels(shrinkage, exact_sqrt)
+    rd = RuleDef(
+        name="Ftrl",
+        state_type=FtrlState,
+        slots=(("accum", constant_slot(initial_accumulator_value)), ("linear", zeros_slot)),
+        hyperparams={"learning_rate": learning_rate,
+                     "learning_rate_power": learning_rate_power,
+                     "l1_regularization_strength": l1_regularization_strength,
+                     "l2_regularization_strength": l2_regularization_strength,
+                     "l2_shrinkage_regularization_strength": l2_shrinkage_regularization_strength,
+                     "beta": beta},
+        dense=dense,
+        sparse=sparse,
+        prepare=_prepare,
+        static={"initial_accumulator_value": initial_accumulator_value},
+    )
+    return build(rd)
