@@ -107,6 +107,8 @@ class Rule:
         rule whose TF1 kernel ends in ``var - delta`` (the updates are ``-delta``).
       name: TF1's default optimizer name (``"Adam"``), also the slot-variable suffix.
       hyperparams: the constructor arguments, for ``repr`` and introspection.
+      definition: the rule's TF1 parts (``compatopt._rule.RuleDef``: kernels, slots), for
+        code that re-lays the computation out (multi-tensor layouts, the shim).
     """
 
     init: Callable[[ArrayTree], Any]
@@ -114,6 +116,7 @@ class Rule:
     update: Callable[..., tuple]
     name: str
     hyperparams: dict = dataclasses.field(default_factory=dict, compare=False)
+    definition: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparams.items())

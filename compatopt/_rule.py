@@ -267,7 +267,8 @@ def build(rd: RuleDef) -> Rule:
         return _step(grads, state, params, want_updates=True)
 
     hyper = {**rd.hyperparams, **rd.static}
-    return Rule(init=init, apply=apply, update=update, name=rd.name, hyperparams=hyper)
+    return Rule(init=init, apply=apply, update=update, name=rd.name, hyperparams=hyper,
+                definition=rd)
 
 
 # ----------------------------------------------------------------------------- validation
