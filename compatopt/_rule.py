@@ -202,12 +202,26 @@ def build(rd: RuleDef) -> Rule:
     non_slot_names = tuple(rd.non_slots(Hyper({k: v for k, v in rd.hyperparams.items()
                                                if v is not None})).keys())
 
-    def init(params: ArrayTree):
+    def concrete_init(params: ArrayTree):
         hp = _resolve(rd, jnp.zeros((), jnp.int32))
         fields = {"count": jnp.zeros((), jnp.int32)}
         fields.update(rd.non_slots(hp))
         for name, init_fn in rd.slots:
             fields[name] = jax.tree_util.tree_map(init_fn, params)
+        return rd.state_type(**fields)
+
+    def init(params: ArrayTree):
+        leaves = jax.tree_util.tree_leaves(params)
+        if not any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves):
+            return concrete_init(params)
+        # Abstract init: shapes and dtypes, and each slot takes its parameter's sharding.
+        abstract = jax.eval_shape(concrete_init, params)
+        fields = abstract._asdict()
+        for name in slot_names:
+            fields[name] = jax.tree_util.tree_map(
+                lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                  sharding=getattr(p, "sharding", None)),
+                fields[name], params)
         return rd.state_type(**fields)
 
     def _step(grads, state, params, want_updates: bool):
@@ -308,14 +322,14 @@ def no_callable(rule_name: str, **values: Any) -> None:
 
 
 def zeros_slot(p: jax.Array) -> jax.Array:
-    """A slot of zeros shaped and typed like its parameter (TF1 ``_zeros_slot``)."""
-    return jnp.zeros(p.shape, p.dtype)
+    """A slot of zeros shaped, typed and sharded like its parameter (TF1 ``_zeros_slot``)."""
+    return jax.lax.full_like(p, 0)
 
 
 def constant_slot(value: float) -> Callable[[jax.Array], jax.Array]:
     """A slot initialised to ``value`` built directly in the parameter's dtype (TF1)."""
 
     def init(p):
-        return jnp.full(p.shape, value, p.dtype)
+        return jax.lax.full_like(p, value)
 
     return init
