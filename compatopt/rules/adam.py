@@ -109,7 +109,7 @@ def adam(learning_rate: ScalarOrSchedule = 0.001, beta1: ScalarOrSchedule = 0.9,
       >>> p = jnp.zeros(2); s = rule.init(p)
       >>> p, s = rule.apply(jnp.ones(2), s, p)
       >>> s.beta1_power
-      Array(0.81, dtype=float32)
+      Array(0.80999994, dtype=float32)
 
     Differences: ``optax.adam`` keeps ``beta * m + (1 - beta) * g`` and bias-corrects ``m``
     and ``v`` separately with ``eps`` outside the corrected root (different results, not
