@@ -25,3 +25,11 @@ from compatopt.rules import (AdadeltaState as AdadeltaState, AdagradDAState as A
                              rmsprop as rmsprop)
 
 __version__ = "0.1.0"
+
+# --- compat shim (tf.compat.v1.train): Variable, collections, compiled steps -----------------
+from compatopt._variable import (Variable as Variable, global_variables as global_variables,
+                                 reset_default_graph as reset_default_graph,
+                                 trainable_variables as trainable_variables)
+from compatopt._function import function as function
+from compatopt import train as train
+# --- end compat shim ------------------------------------------------------------------------

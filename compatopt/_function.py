@@ -1,0 +1,3 @@
+"""placeholder"""
+def function(fn=None, **kw):
+    raise NotImplementedError

@@ -1,0 +1,438 @@
+"""``compatopt.Variable``, the default graph's collections, and the read/write frames.
+
+A :class:`Variable` holds one ``jax.Array``. Outside any frame, reading ``v.value`` returns
+the stored array and ``v.assign(x)`` replaces it. Two kinds of *frame* change that, so the
+same user code runs eagerly, under autodiff and inside :func:`compatopt.function`:
+
+* a frame may *override* a variable's value (``jax.vjp`` passes the values being
+  differentiated, ``compatopt.function`` passes the traced arguments);
+* a *capturing* frame keeps the writes (``assign``) to itself instead of storing them, so
+  a compiled step can return them and a failed step changes nothing.
+
+Every frame records which variables were read (first-read order) and written; that is how
+``compute_gradients(loss)`` finds the variables a loss reads, as eager TF's tape does.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Dict, List, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from compatopt import _numerics
+
+GLOBAL_VARIABLES = "variables"
+TRAINABLE_VARIABLES = "trainable_variables"
+GLOBAL_STEP = "global_step"
+TRAIN_OP = "train_op"
+
+
+class Graph:
+    """TF1's default graph, as far as the shim needs it: collections and name counters."""
+
+    def __init__(self) -> None:
+        self.collections: Dict[str, list] = {}
+        self.names_in_use: Dict[str, int] = {}
+        self.scope_counts: Dict[str, int] = {}
+        self.lock = threading.RLock()
+
+    def unique_name(self, name: str) -> str:
+        """TF1 ``Graph.unique_name``: ``w``, ``w_1``, ``w_2`` ... (case-insensitive)."""
+        with self.lock:
+            key = name.lower()
+            i = self.names_in_use.get(key, 0)
+            self.names_in_use[key] = i + 1
+            if i == 0:
+                return name
+            base = key
+            while key in self.names_in_use:
+                key = f"{base}_{i}"
+                i += 1
+            self.names_in_use[key] = 1
+            return f"{name}_{i - 1}"
+
+    def unique_scope(self, prefix: str) -> str:
+        """TF1 ``variable_scope(None, default_name=prefix)``: how slot names are made."""
+        with self.lock:
+            name = prefix
+            if self.scope_counts.get(name, 0):
+                idx = 1
+                while self.scope_counts.get(f"{prefix}_{idx}", 0):
+                    idx += 1
+                name = f"{prefix}_{idx}"
+            self.scope_counts[name] = self.scope_counts.get(name, 0) + 1
+            return name
+
+    def add_to_collection(self, key: str, value: Any) -> None:
+        with self.lock:
+            self.collections.setdefault(key, []).append(value)
+
+    def get_collection(self, key: str) -> list:
+        return list(self.collections.get(key, []))
+
+    def snapshot(self) -> tuple:
+        """State to roll back to when a call fails half way (e.g. after creating slots)."""
+        with self.lock:
+            return ({k: list(v) for k, v in self.collections.items()},
+                    dict(self.names_in_use), dict(self.scope_counts))
+
+    def restore(self, snap: tuple) -> None:
+        with self.lock:
+            cols, names, scopes = snap
+            self.collections = {k: list(v) for k, v in cols.items()}
+            self.names_in_use = dict(names)
+            self.scope_counts = dict(scopes)
+
+
+_default_graph = Graph()
+
+
+def get_default_graph() -> Graph:
+    return _default_graph
+
+
+def reset_default_graph() -> None:
+    """Starts a fresh default graph: empty collections, name counters back to zero.
+
+    Existing :class:`Variable` objects keep working; they are just no longer listed.
+    """
+    global _default_graph
+    _default_graph = Graph()
+
+
+def global_variables() -> List["Variable"]:
+    """``tf.compat.v1.global_variables()``: every variable of the default graph, in order."""
+    return _default_graph.get_collection(GLOBAL_VARIABLES)
+
+
+def trainable_variables() -> List["Variable"]:
+    """``tf.compat.v1.trainable_variables()``: variables created with ``trainable=True``."""
+    return _default_graph.get_collection(TRAINABLE_VARIABLES)
+
+
+# ---------------------------------------------------------------------------- frames
+
+
+class Frame:
+    """Records reads/writes; optionally overrides values and captures writes.
+
+    Attributes:
+      overrides: ``{variable: value}`` seen by reads instead of the stored value.
+      capture: when True, ``assign`` lands in ``overrides`` (and ``writes``) only.
+      reads / writes: variables in first-touch order (dicts used as ordered sets).
+      created: variables constructed while the frame was active.
+    """
+
+    def __init__(self, overrides: Optional[dict] = None, capture: bool = False) -> None:
+        self.overrides: dict = dict(overrides or {})
+        self.capture = capture
+        self.reads: dict = {}
+        self.all_reads: dict = {}
+        self.writes: dict = {}
+        self.created: list = []
+        self.sparse_read_hook: Optional[Callable] = None
+
+    def __enter__(self) -> "Frame":
+        _frames().append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stack = _frames()
+        assert stack and stack[-1] is self, "frames must be closed in order"
+        stack.pop()
+
+
+_local = threading.local()
+
+
+def _frames() -> list:
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    return stack
+
+
+def active_frames() -> list:
+    return list(_frames())
+
+
+def peek(var: "Variable") -> jax.Array:
+    """The value a read would return, without recording the read."""
+    for frame in reversed(_frames()):
+        if var in frame.overrides:
+            return frame.overrides[var]
+    return var._stored
+
+
+def _read(var: "Variable") -> jax.Array:
+    for frame in _frames():
+        frame.reads.setdefault(var, None)
+        frame.all_reads.setdefault(var, None)
+    return peek(var)
+
+
+def _write(var: "Variable", value: jax.Array) -> None:
+    stack = _frames()
+    for frame in reversed(stack):
+        frame.writes.setdefault(var, None)
+        if frame.capture:
+            frame.overrides[var] = value
+            return
+        if var in frame.overrides:  # a value being differentiated cannot be stored
+            raise RuntimeError(
+                f"Cannot assign to {var.name} while it is being differentiated; move the "
+                f"assignment out of the loss function")
+    if not _numerics.is_concrete(value):
+        raise RuntimeError(
+            f"Cannot store a traced value in {var.name} outside compatopt.function; "
+            f"assign a concrete array")
+    var._stored = value
+
+
+# -------------------------------------------------------------------------- variable
+
+
+def tf_dtype_repr(dtype: Any) -> str:
+    return f"<dtype: '{jnp.dtype(dtype).name}'>"
+
+
+def to_array(value: Any, dtype: Any = None) -> jax.Array:
+    """``convert_to_tensor``: Python floats become float32 and ints int32 (as TF)."""
+    if isinstance(value, Variable):
+        value = value.value
+    if dtype is None:
+        if isinstance(value, (bool, int, float)):
+            return _numerics.to_tf_tensor(value)
+        if isinstance(value, (list, tuple)):
+            arr = np.asarray(value)
+            if arr.dtype == np.float64:
+                arr = arr.astype(np.float32)
+            elif arr.dtype == np.int64:
+                arr = arr.astype(np.int32)
+            return jnp.asarray(arr)
+        return jnp.asarray(value)
+    return jnp.asarray(value, dtype=dtype)
+
+
+class _OpName:
+    """``v.op.name`` (``"w"``), as TF code often reads it."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class Variable:
+    """A mutable array with a TF1-style name, for the ``tf.compat.v1.train`` shim.
+
+    ``v.value`` is the current ``jax.Array``; ``v.name`` is ``"w:0"`` (uniquified as TF1's
+    graph mode does: a second ``"w"`` is ``"w_1:0"``) and ``v.op.name`` is ``"w"``.
+    Operators (``+ - * / @ **``, unary ``-``, comparisons, indexing) read the value and return
+    ``jax.Array``s, so ``x @ w + b`` works. ``jnp`` functions do **not** accept a Variable
+    (JAX 0.10 no longer calls ``__jax_array__`` inside ``jnp.*``): write
+    ``jnp.tanh(w.value)``, not ``jnp.tanh(w)``; the latter raises JAX's ``TypeError`` naming
+    ``compatopt._variable.Variable``. Equality (``==``) is identity, as TF1 variables (so
+    variables can be dict keys); use ``w.value == x`` for an elementwise comparison.
+
+    Under :func:`compatopt.function` the value read is the traced argument and the buffers
+    are donated: an array obtained from ``v.value`` before a compiled step is deleted by
+    it (use ``v.numpy()`` for a copy that survives).
+
+    Args:
+      initial_value: array-like or zero-argument callable; Python floats become float32.
+      trainable: added to ``trainable_variables()`` (default True).
+      collections: collection keys (default ``[GLOBAL_VARIABLES]``).
+      validate_shape: accepted for TF1 compatibility.
+      name: defaults to ``"Variable"``; uniquified.
+      dtype: converts the initial value.
+      constraint: ``value -> value`` applied after each dense optimizer update.
+      shape: accepted for TF1 compatibility (must match when given).
+    """
+
+    def __init__(self, initial_value: Any = None, trainable: Optional[bool] = None,
+                 collections: Optional[list] = None, validate_shape: bool = True,
+                 name: Optional[str] = None, dtype: Any = None,
+                 constraint: Optional[Callable] = None, shape: Any = None) -> None:
+        if initial_value is None:
+            raise ValueError("initial_value must be specified.")
+        if constraint is not None and not callable(constraint):
+            raise ValueError(f"The `constraint` argument must be a callable. Received: "
+                             f"{constraint}")
+        if callable(initial_value) and not isinstance(initial_value, Variable):
+            initial_value = initial_value()
+        with jax.ensure_compile_time_eval():
+            value = to_array(initial_value, dtype)
+            if isinstance(initial_value, jax.Array) and value is initial_value:
+                value = jnp.array(value, copy=True)  # never share a buffer (donation)
+        if not _numerics.is_concrete(value):
+            raise ValueError(
+                f"Variable {name or 'Variable'}: the initial value is a traced array; create "
+                f"variables outside the traced code or from concrete values")
+        if shape is not None and tuple(shape) != tuple(value.shape):
+            raise ValueError(f"Shape {tuple(shape)} of variable {name} does not match the "
+                             f"initial value's shape {tuple(value.shape)}")
+        self._stored = value
+        self.trainable = True if trainable is None else bool(trainable)
+        self.constraint = constraint
+        graph = get_default_graph()
+        self._shared_name = graph.unique_name(name or "Variable")
+        self._name = self._shared_name + ":0"
+        self._unique_id = id(self)
+        self.graph = graph
+        if collections is None:
+            collections = [GLOBAL_VARIABLES]
+        for key in collections:
+            graph.add_to_collection(key, self)
+        if self.trainable and TRAINABLE_VARIABLES not in collections:
+            graph.add_to_collection(TRAINABLE_VARIABLES, self)
+        for frame in _frames():
+            frame.created.append(self)
+
+    # -- identity and metadata
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def op(self) -> _OpName:
+        return _OpName(self._shared_name)
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self._stored.shape)
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        return jnp.dtype(self._stored.dtype)
+
+    def get_shape(self) -> tuple:
+        return self.shape
+
+    @property
+    def device(self) -> str:
+        return ""
+
+    # -- reading
+    @property
+    def value(self) -> jax.Array:
+        """The current value (the traced one inside ``compatopt.function`` or autodiff)."""
+        return _read(self)
+
+    def read_value(self) -> jax.Array:
+        return _read(self)
+
+    def numpy(self) -> np.ndarray:
+        return np.array(_read(self))
+
+    def sparse_read(self, indices: Any) -> jax.Array:
+        """``tf.gather(v, indices)``; its gradient is an ``IndexedSlices`` (rows only)."""
+        stack = _frames()
+        for frame in reversed(stack):
+            if frame.sparse_read_hook is not None:
+                for outer in stack:
+                    outer.all_reads.setdefault(self, None)
+                return frame.sparse_read_hook(self, indices)
+        return jnp.take(_read(self), jnp.asarray(indices), axis=0)
+
+    gather = sparse_read
+
+    # -- writing
+    def _check_assignable(self, value: Any) -> jax.Array:
+        if isinstance(value, (bool, int, float, list, tuple)) or (
+                isinstance(value, np.ndarray) and value.dtype == np.float64
+                and self.dtype != np.float64 and value.ndim == 0):
+            new = jnp.asarray(np.asarray(value), dtype=self.dtype)
+        else:
+            new = value.value if isinstance(value, Variable) else jnp.asarray(value)
+            if jnp.dtype(new.dtype) != self.dtype:
+                raise TypeError(
+                    f"Cannot assign a {jnp.dtype(new.dtype).name} value to variable "
+                    f"'{self.name}' of dtype {self.dtype.name}")
+        if tuple(new.shape) != self.shape:
+            raise ValueError(
+                f"Cannot assign value to variable ' {self.name}': Shape mismatch.The variable "
+                f"shape {self.shape}, and the assigned value shape {tuple(new.shape)} are "
+                f"incompatible.")
+        return new
+
+    def assign(self, value: Any, use_locking: Any = None, name: Any = None,
+               read_value: bool = True) -> "Variable":
+        """Sets the value; a changed shape raises ``ValueError``, a changed dtype
+        ``TypeError`` (as TF), and nothing is stored then."""
+        _write(self, self._check_assignable(value))
+        return self
+
+    def assign_add(self, delta: Any, use_locking: Any = None, name: Any = None,
+                   read_value: bool = True) -> "Variable":
+        _write(self, self._check_assignable(_read(self) + self._check_assignable(delta)))
+        return self
+
+    def assign_sub(self, delta: Any, use_locking: Any = None, name: Any = None,
+                   read_value: bool = True) -> "Variable":
+        _write(self, self._check_assignable(_read(self) - self._check_assignable(delta)))
+        return self
+
+    def __repr__(self) -> str:
+        try:
+            val = np.array(self._stored)
+            body = f", numpy={val!r}"
+        except Exception:  # deleted (donated) buffer
+            body = ""
+        return (f"<compatopt.Variable '{self.name}' shape={self.shape} "
+                f"dtype={self.dtype.name}{body}>")
+
+    __str__ = __repr__
+
+
+# ------------------------------------------------------------------------- operators
+
+
+def _binary(op: Callable, reflected: bool = False) -> Callable:
+    def method(self, other):
+        if isinstance(other, Variable):
+            other = other.value
+        return op(other, self.value) if reflected else op(self.value, other)
+    return method
+
+
+_BINARY = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+           "truediv": lambda a, b: a / b, "floordiv": lambda a, b: a // b,
+           "mod": lambda a, b: a % b, "pow": lambda a, b: a ** b, "matmul": lambda a, b: a @ b}
+for _name, _op in _BINARY.items():
+    setattr(Variable, f"__{_name}__", _binary(_op))
+    setattr(Variable, f"__r{_name}__", _binary(_op, reflected=True))
+for _name, _op in {"lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
+                   "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b}.items():
+    setattr(Variable, f"__{_name}__", _binary(_op))
+
+
+def _unary(op: Callable) -> Callable:
+    return lambda self: op(self.value)
+
+
+Variable.__neg__ = _unary(lambda a: -a)
+Variable.__pos__ = _unary(lambda a: +a)
+Variable.__abs__ = _unary(abs)
+Variable.__getitem__ = lambda self, idx: self.value[idx]
+Variable.__float__ = _unary(float)
+Variable.__int__ = _unary(int)
+Variable.__bool__ = _unary(bool)
+Variable.__len__ = lambda self: self.shape[0]
+Variable.ndim = property(lambda self: len(self.shape))
+Variable.T = property(lambda self: self.value.T)
+
+
+def _array(self, dtype=None, copy=None):
+    if _frames():
+        raise TypeError(
+            f"{self.name}: a Variable cannot be converted with numpy/jnp.asarray inside a "
+            f"loss or a compiled step (the read would not be tracked); write `{self.op.name}"
+            f".value` (or use operators such as `x @ {self.op.name}`)")
+    return np.asarray(self._stored, dtype=dtype)
+
+
+Variable.__array__ = _array

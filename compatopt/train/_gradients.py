@@ -1,0 +1,124 @@
+"""Gradients of a loss callable with respect to :class:`~compatopt.Variable`\\ s.
+
+This is eager TF's ``GradientTape`` for the shim: the loss runs once under ``jax.vjp`` with
+the chosen variables' values passed in through a :class:`~compatopt._variable.Frame`, which
+also records every variable the loss reads (first-read order) and every write it makes.
+
+Default ``var_list`` (TF's ``tape.watched_variables()``): the trainable variables the loss
+reads. They are only known after the loss has run, so the variables found for the same loss
+code last time are used as a guess; if the loss reads a trainable variable outside the
+guess, it runs again with the right set (so a new loss runs twice, later calls once).
+
+Reads through ``v.sparse_read(indices)`` (``tf.gather``) give ``IndexedSlices`` gradients:
+the gathered rows enter the function as their own input, whose cotangent is the values.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from compatopt._base import IndexedSlices
+from compatopt._variable import Frame, Variable, peek
+
+_guesses: "dict[Any, list]" = {}
+
+
+def _differentiable(v: Variable) -> bool:
+    return jnp.issubdtype(v.dtype, jnp.inexact)
+
+
+def _run(loss_fn: Callable, dense: Sequence[Variable], plan: list, grad_loss: Any):
+    """One loss evaluation under ``jax.vjp``; returns loss, grads, frame, sparse calls."""
+    box: dict = {}
+
+    def f(dense_vals, sparse_vals):
+        frame = Frame(overrides=dict(zip(dense, dense_vals)), capture=True)
+        calls: list = []
+
+        def hook(var, indices):
+            idx = jnp.asarray(indices)
+            k = len(calls)
+            rows = jnp.take(jax.lax.stop_gradient(peek(var)), idx, axis=0)
+            calls.append((var, idx, rows.shape))
+            if k < len(plan) and plan[k][0] is var and plan[k][1] == rows.shape:
+                return rows + sparse_vals[k]
+            return rows
+
+        frame.sparse_read_hook = hook
+        with frame:
+            out = loss_fn()
+            if isinstance(out, Variable):
+                out = out.value
+            out = jnp.asarray(out)
+        box["frame"], box["calls"] = frame, calls
+        return out, [frame.overrides[v] for v in frame.writes]
+
+    zeros = [jnp.zeros(shape, v.dtype) for v, shape in plan]
+    loss, vjp_fn, writes = jax.vjp(f, [peek(v) for v in dense], zeros, has_aux=True)
+    frame, calls = box["frame"], box["calls"]
+    grads: dict = {}
+    if jnp.issubdtype(loss.dtype, jnp.inexact):
+        ct = jnp.ones_like(loss) if grad_loss is None else jnp.asarray(grad_loss, loss.dtype)
+        d_dense, d_sparse = vjp_fn(ct)
+        for v, g in zip(dense, d_dense):
+            if v in frame.reads:
+                grads[v] = g
+        if [(v, s) for v, _, s in calls] == list(plan):
+            for (v, idx, _), g in zip(calls, d_sparse):
+                grads.setdefault(("sparse", v), []).append((g, idx))
+    return loss, grads, frame, calls, list(zip(frame.writes, writes))
+
+
+def _combine(v: Variable, grads: dict) -> Any:
+    dense = grads.get(v)
+    parts = grads.get(("sparse", v))
+    if not parts:
+        return dense
+    indices = jnp.concatenate([i.reshape(-1) for _, i in parts], axis=0)
+    values = jnp.concatenate([g.reshape((-1,) + tuple(v.shape[1:])) for g, _ in parts])
+    sl = IndexedSlices(values, indices, v.shape)
+    if dense is None:
+        return sl
+    return dense + sl.to_dense()  # mixed contributions are densified and summed (TF)
+
+
+def value_and_grads(loss_fn: Callable, var_list: Optional[List[Variable]] = None,
+                    grad_loss: Any = None) -> Tuple[Any, List[Tuple[Any, Variable]]]:
+    """Runs ``loss_fn()`` and returns ``(loss, [(grad or None, var), ...])``.
+
+    With ``var_list=None`` the variables are the trainable floating-point ones the loss
+    reads, in first-read order. A listed variable the loss does not read gets ``None``, as
+    does an integer one. Writes the loss makes (``assign``) are stored afterwards.
+    """
+    key = getattr(loss_fn, "__code__", None)
+    explicit = var_list is not None
+    if explicit:
+        dense = [v for v in var_list if _differentiable(v)]
+        plan: list = []
+    else:
+        dense, plan = _guesses.get(key, ([], []))
+        dense = [v for v in (r() for r in dense) if v is not None]
+        plan = [(r(), s) for r, s in plan if r() is not None]
+    for _ in range(3):
+        loss, grads, frame, calls, writes = _run(loss_fn, dense, plan, grad_loss)
+        if explicit:
+            wanted = list(var_list)
+        else:
+            wanted = [v for v in frame.all_reads if v.trainable and _differentiable(v)]
+        cand = {v for v in wanted if _differentiable(v)}
+        need_dense = [v for v in wanted if v in cand and v in frame.reads]
+        need_plan = [(v, s) for v, _, s in calls if v in cand]
+        if set(need_dense) <= set(dense) and need_plan == plan:
+            break
+        if not explicit:
+            dense = need_dense
+        plan = need_plan
+    if not explicit:
+        _guesses[key] = ([weakref.ref(v) for v in dense], [(weakref.ref(v), s) for v, s in plan])
+    for v, value in writes:  # writes made by the loss (e.g. moving averages)
+        v.assign(value)
+    return loss, [(_combine(v, grads) if _differentiable(v) else None, v) for v in wanted]

@@ -1,0 +1,180 @@
+"""``RuleOptimizer``: the base of the ten built-in classes; every update is a rule's ``apply``.
+
+The shim holds no math. A built-in optimizer keeps its TF1 constructor arguments and, per
+``apply_gradients``, maps its variables, their slots and its non-slot variables onto the
+functional rule's pytrees (``params``, ``state.<slot>``, ``state.beta1_power`` ...), runs
+``rule.apply`` in one ``jax.jit``-compiled call (cached by jax per structure, shapes and
+dtypes, so a training loop compiles once) and stores the results.
+
+Hyper-parameters given as Python numbers are compiled in as constants; callables (TF1 calls
+them once per apply, in ``_prepare``), arrays and Variables are read in ``_prepare`` and
+passed as arguments, so a decaying learning rate does not recompile.
+
+A subclass that overrides a TF1 hook (``_create_slots``, ``_prepare``,
+``_resource_apply_dense`` ...) gets TF1's per-variable loop instead; the built-in hooks then
+run the rule on one variable at a time (``_finish`` runs the rule's once-per-apply part).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+
+from compatopt import _numerics, _sparse
+from compatopt._base import IndexedSlices, Rule
+from compatopt._variable import Variable
+from compatopt.train._slots import create_slot
+from compatopt.train.optimizer import Optimizer
+
+_HOOKS = ("_create_slots", "_prepare", "_apply_dense", "_resource_apply_dense",
+          "_apply_sparse", "_resource_apply_sparse", "_apply_sparse_duplicate_indices",
+          "_resource_apply_sparse_duplicate_indices", "_finish", "_apply_updates")
+_BUILTINS: set = set()
+
+
+def _is_static(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+class RuleOptimizer(Optimizer):
+    """A TF1 optimizer class backed by a functional rule.
+
+    Subclasses set ``_rule_fn`` (the core constructor), ``_kernel_hypers`` (the arguments TF1
+    converts in ``_prepare``), ``_callables_ok`` (whether TF1 calls a callable there) and
+    call :meth:`_init_rule` with every constructor argument of the rule.
+    """
+
+    _rule_fn: Callable[..., Rule]
+    _kernel_hypers: tuple = ()
+    _callables_ok: bool = False
+
+    def __init_subclass__(cls, builtin: bool = False, **kw) -> None:
+        super().__init_subclass__(**kw)
+        if builtin:
+            _BUILTINS.add(cls)
+
+    def _init_rule(self, args: Dict[str, Any]) -> None:
+        self._args = dict(args)
+        self._dyn: Dict[str, jax.Array] = {}
+        self._jit_apply = jax.jit(self._pure_apply)
+        self._jit_finish = jax.jit(self._pure_finish)
+        self._meta = self._build({k: jnp.zeros((), jnp.float32) for k in self._dynamic_keys()})
+
+    # ------------------------------------------------------------------ rule plumbing
+    def _dynamic_keys(self) -> list:
+        return [k for k in self._kernel_hypers if not _is_static(self._args[k])]
+
+    def _extra_args(self, dyn: dict) -> dict:
+        """Arguments the rule needs beyond the hyper-parameters (AdagradDA's step)."""
+        return {}
+
+    def _build(self, dyn: dict) -> Rule:
+        args = {k: v for k, v in self._args.items() if k not in dyn}
+        args.update({k: v for k, v in dyn.items() if not k.startswith("_")})
+        args.update(self._extra_args(dyn))
+        return type(self)._rule_fn(**args)
+
+    def _slot_op_name(self, slot_name: str) -> str:
+        return self._name
+
+    def _slot_names(self) -> list:
+        return [name for name, _ in self._meta.definition.slots]
+
+    def _non_slot_names(self) -> list:
+        state = self._meta.init([])
+        return [f for f in state._fields
+                if f != "count" and f not in self._slot_names() and getattr(state, f) is not None]
+
+    def _pure_apply(self, dyn, grads, params, slots, non_slots):
+        rule = self._build(dyn)
+        state = rule.definition.state_type(count=jnp.zeros((), jnp.int32), **non_slots, **slots)
+        new_params, new_state = rule.apply(grads, state, params)
+        return (new_params, {s: getattr(new_state, s) for s in slots},
+                {n: getattr(new_state, n) for n in non_slots})
+
+    def _pure_finish(self, dyn, non_slots):
+        _, slots, non_slots = self._pure_apply(dyn, [], [], {s: [] for s in self._slot_names()},
+                                               non_slots)
+        return non_slots
+
+    def _uses_fast_path(self) -> bool:
+        cls = type(self)
+        base = next((c for c in cls.__mro__ if c in _BUILTINS), None)
+        return base is not None and all(getattr(cls, h) is getattr(base, h) for h in _HOOKS)
+
+    # ---------------------------------------------------------------------- TF1 hooks
+    def _resolve(self, name: str, value: Any) -> jax.Array:
+        if callable(value) and not isinstance(value, Variable):
+            if not self._callables_ok:
+                raise ValueError(f"Attempt to convert a value ({value!r}) with an unsupported "
+                                 f"type ({type(value)}) to a Tensor.")
+            value = value()
+        if isinstance(value, Variable):
+            value = value.value
+        return _numerics.to_tf_tensor(value)
+
+    def _prepare(self) -> None:
+        self._dyn = {k: self._resolve(k, self._args[k]) for k in self._dynamic_keys()}
+
+    def _create_slots(self, var_list) -> None:
+        names = self._non_slot_names()
+        if names:
+            dyn = {k: self._resolve(k, self._args[k]) for k in self._dynamic_keys()}
+            with jax.ensure_compile_time_eval():
+                init = self._build(dyn).init([])
+            first = min(var_list, key=lambda v: v.name)
+            for n in names:
+                self._create_non_slot_variable(getattr(init, n), n, first)
+        for v in var_list:
+            for slot_name, init_fn in self._meta.definition.slots:
+                named = self._slot_dict(slot_name)
+                if v not in named:
+                    spec = jax.ShapeDtypeStruct(v.shape, v.dtype)
+                    named[v] = create_slot(v, lambda f=init_fn, s=spec: f(s),
+                                           self._slot_op_name(slot_name))
+
+    def _state_of(self, var_list) -> tuple:
+        slots = {s: [self.get_slot(v, s).value for v in var_list] for s in self._slot_names()}
+        non_slots = {n: self._get_non_slot_variable(n).value for n in self._non_slot_names()}
+        return slots, non_slots
+
+    def _run(self, pairs, store_non_slots: bool) -> None:
+        for g, v in pairs:
+            if isinstance(g, IndexedSlices) and len(v.shape) >= 1:
+                _sparse.check_indices(g.indices, v.shape[0], f"{self._name} ({v.op.name})")
+        var_list = [v for _, v in pairs]
+        slots, non_slots = self._state_of(var_list)
+        new_p, new_s, new_n = self._jit_apply(self._dyn, [g for g, _ in pairs],
+                                              [v.value for v in var_list], slots, non_slots)
+        for i, v in enumerate(var_list):
+            v.assign(new_p[i])
+            for s in new_s:
+                self.get_slot(v, s).assign(new_s[s][i])
+        if store_non_slots:
+            for n, value in new_n.items():
+                self._get_non_slot_variable(n).assign(value)
+
+    def _resource_apply_dense(self, grad, handle):
+        self._run([(grad, handle)], store_non_slots=False)
+
+    def _resource_apply_sparse(self, grad, handle, indices):
+        self._run([(IndexedSlices(grad, indices, handle.shape), handle)], store_non_slots=False)
+
+    def _finish(self, update_ops, name_scope):
+        names = self._non_slot_names()
+        if names:
+            _, non_slots = self._state_of([])
+            for n, value in self._jit_finish(self._dyn, non_slots).items():
+                self._get_non_slot_variable(n).assign(value)
+
+    def _apply_updates(self, pairs: list, name: str) -> None:
+        vars_ = [v for _, v in pairs]
+        if not self._uses_fast_path() or len(set(vars_)) != len(vars_):
+            return super()._apply_updates(pairs, name)
+        self._prepare()
+        self._run(pairs, store_non_slots=True)
+        for _, v in pairs:
+            if v.constraint is not None:
+                v.assign(v.constraint(v))
