@@ -1,0 +1,758 @@
+"""TF1's learning-rate decay functions as schedules ``step -> learning rate``.
+
+Each function here takes the arguments of its ``tf.compat.v1.train`` namesake minus
+``global_step`` and ``name``, and returns a function of the step. That function is pure, works
+under ``jit`` and ``vmap``, and can be passed as a rule's ``learning_rate`` (the rule calls it
+with its apply count)::
+
+    rule = co.adam(learning_rate=co.schedules.exponential_decay(0.001, 1000, 0.96))
+
+The value is the one TF1's **eager** code computes (spec §4), bit for bit:
+
+* ``D`` = the dtype of ``convert_to_tensor(learning_rate)``: float32 for a Python float,
+  a NumPy/JAX scalar keeps its dtype. The other arguments are ``cast`` to ``D`` (a Python
+  float goes through float32 first); the step is cast to ``D`` (exact below 2**24 in float32).
+* Every operation is rounded once in ``D``, in TF's bracket order. XLA would otherwise fuse
+  ``a * b + c`` into an FMA and turn ``x / c`` into ``x * (1 / c)``; every operation here is
+  hidden from those rewrites (an integer identity on its bits), which costs nothing on
+  scalars.
+* TF computes ``pow``, ``cos``, ``exp`` and ``log`` with the C library (glibc ``powf``,
+  ``cosf``, ...). XLA:CPU calls the same ``pow`` and ``cos``; its own ``exp`` and ``log``
+  differ from glibc's in ~5-10 % of float32 inputs, so those two are taken from the C library
+  on the host for concrete arguments and otherwise computed in float64 and rounded (0.1 % of
+  inputs then differ by 1 ulp from glibc; see the notes of each function).
+* Low precision (float16/bfloat16) operations are computed in float32 and rounded back, as
+  TF's CPU kernels do. Denormal results are flushed to zero (TF and XLA:CPU both do).
+
+Graph-mode TF1 (``Session``/``tf.function``) rewrites these expressions (Grappler) and differs
+in the last bit for 10-30 % of steps; compatopt follows eager mode.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.typing import ArrayLike
+
+from compatopt import _numerics as N
+from compatopt.errors import InvalidArgumentError
+
+Schedule = Callable[[ArrayLike], jax.Array]
+
+__all__ = ["exponential_decay", "natural_exp_decay", "inverse_time_decay", "polynomial_decay",
+           "cosine_decay", "cosine_decay_restarts", "linear_cosine_decay",
+           "noisy_linear_cosine_decay", "piecewise_constant", "piecewise_constant_decay"]
+
+_PI = np.float32(math.pi)  # TF's ``constant_op.constant(math.pi)``: a float32 tensor.
+_UINT = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
+_TF_KERNEL_NAME = {"float32": "float", "float64": "double", "float16": "half"}
+
+
+# --------------------------------------------------------------------------- conversions
+
+def _tf_name(dtype: Any) -> str:
+    """The dtype's name in TF kernel error messages (``float``, ``double``, ``half`` ...)."""
+    name = jnp.dtype(dtype).name
+    return _TF_KERNEL_NAME.get(name, name)
+
+
+def _convert(value: Any) -> jax.Array:
+    """``convert_to_tensor(value)``, with TF's error for ``None``.
+
+    NumPy scalars keep their dtype (``np.float64`` is a Python ``float`` subclass, but TF
+    converts it to float64).
+    """
+    if value is None:
+        raise ValueError("Attempt to convert a value (None) with an unsupported type "
+                         "(<class 'NoneType'>) to a Tensor.")
+    if isinstance(value, np.generic):
+        return jnp.asarray(value)
+    return N.to_tf_tensor(value)
+
+
+def _cast(value: Any, dtype: Any) -> jax.Array:
+    """``math_ops.cast(value, dtype)``: converted first (a Python float becomes float32)."""
+    return N.cast(_convert(value), dtype)
+
+
+def _implicit(value: Any, dtype: Any) -> jax.Array:
+    """A Python number as the operand of a TF operator with a ``dtype`` tensor.
+
+    TF converts it straight to ``dtype`` (no float32 detour); arrays are cast.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, (bool, np.generic)):
+        return jnp.asarray(np.asarray(value, dtype=jnp.dtype(dtype)))
+    return jnp.asarray(value).astype(dtype)
+
+
+def _is_float(dtype: Any) -> bool:
+    return jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+
+
+def _require_float(dtype: Any, op: str, expected_first: bool) -> None:
+    """TF's kernel type error when an integer learning rate meets ``s / ds`` (float64)."""
+    if _is_float(dtype):
+        return
+    tf_int = _tf_name(dtype)
+    expected, got = (tf_int, "double") if expected_first else ("double", tf_int)
+    raise InvalidArgumentError(
+        f"cannot compute {op} as input #1(zero-based) was expected to be a {expected} tensor "
+        f"but is a {got} tensor [Op:{op}]")
+
+
+def _require_float32(dtype: Any) -> None:
+    """The cosine family multiplies by a float32 ``pi``: any other ``D`` fails as in TF."""
+    dtype = jnp.dtype(dtype)
+    if dtype != jnp.float32:
+        got = _tf_name(dtype) if _is_float(dtype) else "double"
+        raise InvalidArgumentError(
+            "cannot compute Mul as input #1(zero-based) was expected to be a float tensor but "
+            f"is a {got} tensor [Op:Mul]")
+
+
+# --------------------------------------------------------------------------- arithmetic
+# One rounding per operation, in the operands' dtype, hidden from XLA's rewrites. float16 and
+# bfloat16 compute in float32 and round back, as TF's kernels do (exact for + - * /).
+#
+# Hiding uses the bit pattern: ``bits(x) | (bits(x) == ~0)`` is the identity for every value
+# (the all-ones NaN already has its low bit set) and neither XLA nor LLVM folds it.
+# ``_numerics.opaque``'s ``x != x`` is folded away by XLA when ``x`` derives from a constant
+# or an iota (e.g. ``vmap`` over a constant ``arange`` of steps), which re-enables the
+# ``x / c -> x * (1 / c)`` rewrite.
+
+def _bits(x: jax.Array) -> jax.Array:
+    return lax.bitcast_convert_type(x, _UINT[x.dtype.itemsize])
+
+
+def _all_ones(x: jax.Array) -> jax.Array:
+    """``bits(x) == ~0`` (one NaN pattern), as 0/1 of ``x``'s unsigned type."""
+    uint = _UINT[x.dtype.itemsize]
+    return (_bits(x) == jnp.asarray(np.iinfo(uint).max, uint)).astype(uint)
+
+
+def _hide(x: jax.Array) -> jax.Array:
+    """``x`` unchanged, bit for bit, with its producing operation hidden from rewrites."""
+    return lax.bitcast_convert_type(_bits(x) | _all_ones(x), x.dtype)
+
+
+def _wide(x: jax.Array) -> jax.Array:
+    return x.astype(jnp.float32) if x.dtype in N.LOW_PRECISION else x
+
+
+def _add(a: jax.Array, b: jax.Array) -> jax.Array:
+    return _hide((_wide(a) + _wide(b)).astype(a.dtype))
+
+
+def _sub(a: jax.Array, b: jax.Array) -> jax.Array:
+    return _hide((_wide(a) - _wide(b)).astype(a.dtype))
+
+
+def _mul(a: jax.Array, b: jax.Array) -> jax.Array:
+    return _hide((_wide(a) * _wide(b)).astype(a.dtype))
+
+
+def _div(x: jax.Array, y: jax.Array) -> jax.Array:
+    """Correctly rounded ``x / y``, even for a constant or broadcast ``y`` under jit/vmap.
+
+    XLA rewrites a division by a constant or by a broadcast scalar into a multiplication by
+    the reciprocal. Making the divisor depend on ``x`` (``bits(y) | (bits(x) == ~0)``, an
+    identity unless ``x`` is that NaN, when the quotient is NaN anyway) keeps it a division.
+    """
+    dtype = x.dtype
+    x, y = jnp.broadcast_arrays(_wide(x), _wide(y))
+    y = lax.bitcast_convert_type(_bits(y) | _all_ones(x), y.dtype)
+    return _hide((x / y).astype(dtype))
+
+
+def _pow(x: jax.Array, y: jax.Array) -> jax.Array:
+    """C ``pow``: XLA:CPU calls the same glibc ``powf``/``pow`` as TF's scalar kernel.
+
+    XLA rewrites ``pow(x, C)`` for some constants (``C = 3`` becomes ``x * x * x``), so the
+    exponent is made to depend on ``x`` as in :func:`_div` (not when ``y == 0``, to keep
+    ``pow(NaN, 0) = 1``).
+    """
+    dtype = x.dtype
+    x, y = jnp.broadcast_arrays(_wide(x), _wide(y))
+    tie = _all_ones(x) & (y != 0).astype(_UINT[y.dtype.itemsize])
+    y = lax.bitcast_convert_type(_bits(y) | tie, y.dtype)
+    return _hide(jnp.power(x, y).astype(dtype))
+
+
+def _cos(x: jax.Array) -> jax.Array:
+    """C ``cosf`` (XLA:CPU calls glibc's, as TF's scalar kernel does)."""
+    return _hide(jnp.cos(_hide(x)))
+
+
+def _libm() -> Optional[ctypes.CDLL]:
+    path = ctypes.util.find_library("m")
+    try:
+        return ctypes.CDLL(path) if path else None
+    except OSError:
+        return None
+
+
+_LIBM = _libm()
+
+
+def _host_libm(name: str, x: np.ndarray) -> np.ndarray:
+    """``name``/``name + 'f'`` of the C library on a concrete scalar, FTZ as in TF.
+
+    Falls back to Python's ``math`` (the C library's double function) rounded to float32 when
+    the C library cannot be loaded.
+    """
+    x = np.asarray(x)
+    c_type = ctypes.c_double if x.dtype == np.float64 else ctypes.c_float
+    fname = name if x.dtype == np.float64 else name + "f"
+    fn = getattr(_LIBM, fname, None) if _LIBM is not None else None
+    if fn is None:
+        out = np.asarray(getattr(math, name)(float(x)), dtype=x.dtype)
+    else:
+        fn.restype, fn.argtypes = c_type, [c_type]
+        out = np.asarray(fn(c_type(x.item())), dtype=x.dtype)
+    if out != 0 and abs(out) < np.finfo(x.dtype).tiny:
+        out = np.zeros_like(out)
+    return out
+
+
+def _transcendental(name: str, x: jax.Array) -> jax.Array:
+    """``exp``/``log`` of a scalar as glibc computes it, ``x`` in float16/32/64.
+
+    Concrete ``x``: the C library itself (exact). Traced ``x``: float32 (and the float32 step
+    of float16/bfloat16) is computed in float64 and rounded, which differs from glibc's
+    ``expf``/``logf`` by 1 ulp for ~0.1 % of inputs; XLA's float32 versions miss for ~5-10 %.
+    float64 ``log`` is glibc's; float64 ``exp`` is XLA's (1 ulp from glibc for ~14 % of inputs).
+    """
+    dtype = x.dtype
+    if N.is_concrete(x) and x.ndim == 0 and _is_float(dtype):
+        return jnp.asarray(_host_libm(name, np.asarray(_wide(x)))).astype(dtype)
+    fn = getattr(jnp, name)
+    if dtype == jnp.float64:
+        return _hide(fn(_hide(x)))
+    with jax.enable_x64(True):
+        wide = fn(_hide(_wide(x).astype(jnp.float64)))
+        return _hide(wide.astype(jnp.float32).astype(dtype))
+
+
+def _step(step: Any, dtype: Any) -> jax.Array:
+    """``math_ops.cast(global_step, D)``."""
+    return _cast(step, dtype)
+
+
+# --------------------------------------------------------------------------- schedules
+
+def exponential_decay(learning_rate: ArrayLike, decay_steps: ArrayLike, decay_rate: ArrayLike,
+                      staircase: bool = False) -> Schedule:
+    """Exponential decay, as ``tf.compat.v1.train.exponential_decay`` (eager).
+
+    Math (in ``D``, one rounding per operation; ``s`` = the step cast to ``D``)::
+
+        p = s / decay_steps            # floor(p) if staircase
+        lr(s) = learning_rate * pow(decay_rate, p)
+
+    Args:
+      learning_rate: Python float (float32), or a scalar array whose dtype ``D`` is used.
+      decay_steps: cast to ``D`` (a Python float via float32). ``0`` gives ``p = inf``
+        (``nan`` at step 0), without error, as in TF.
+      decay_rate: cast to ``D``.
+      staircase: decay in discrete intervals (``floor(p)``).
+
+    Returns:
+      A function ``step -> learning rate`` (scalar of dtype ``D``); ``step`` is an integer
+      (or float) scalar array or Python int.
+
+    Raises:
+      InvalidArgumentError: integer ``learning_rate`` (TF's ``Pow`` type error).
+
+    Example:
+      >>> import compatopt as co
+      >>> sched = co.schedules.exponential_decay(0.1, decay_steps=10, decay_rate=0.5)
+      >>> sched(20)
+      Array(0.025, dtype=float32)
+    """
+    lr = _convert(learning_rate)
+    dtype = lr.dtype
+    _require_float(dtype, "Pow", expected_first=True)
+    ds = _cast(decay_steps, dtype)
+    rate = _cast(decay_rate, dtype)
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        p = _div(_step(step, dtype), ds)
+        if staircase:
+            p = jnp.floor(p)
+        return _mul(lr, _pow(rate, p))
+
+    return schedule
+
+
+def natural_exp_decay(learning_rate: ArrayLike, decay_steps: ArrayLike, decay_rate: ArrayLike,
+                      staircase: bool = False) -> Schedule:
+    """Natural exponential decay, as ``tf.compat.v1.train.natural_exp_decay`` (eager).
+
+    TF 2.x computes ``e = exp(-decay_rate)`` once, in ``decay_rate``'s own dtype (float32 for
+    a Python float), then runs :func:`exponential_decay` with rate ``e``::
+
+        p = s / decay_steps            # floor(p) if staircase
+        lr(s) = learning_rate * pow(cast(exp(-decay_rate), D), p)
+
+    This is not ``learning_rate * exp(-decay_rate * p)`` (TF 1.x's formula; the last bits
+    differ). ``exp`` is the C library's ``expf`` (exact) when ``decay_rate`` is concrete.
+
+    Args:
+      learning_rate: Python float (float32) or scalar array (dtype ``D``).
+      decay_steps: cast to ``D``.
+      decay_rate: the rate ``k`` of ``exp(-k * p)``.
+      staircase: decay in discrete intervals.
+
+    Returns:
+      A function ``step -> learning rate`` (dtype ``D``).
+
+    Example:
+      >>> import compatopt as co
+      >>> sched = co.schedules.natural_exp_decay(0.1, decay_steps=1, decay_rate=0.5)
+      >>> sched(2)
+      Array(0.03678794, dtype=float32)
+    """
+    rate = _convert(decay_rate)
+    return exponential_decay(learning_rate, decay_steps, _transcendental("exp", -rate),
+                             staircase)
+
+
+def inverse_time_decay(learning_rate: ArrayLike, decay_steps: ArrayLike, decay_rate: ArrayLike,
+                       staircase: bool = False) -> Schedule:
+    """Inverse-time decay, as ``tf.compat.v1.train.inverse_time_decay`` (eager).
+
+    Math (in ``D``)::
+
+        p = s / decay_steps            # floor(p) if staircase
+        lr(s) = learning_rate / (1 + (decay_rate * p))
+
+    Args:
+      learning_rate: Python float (float32) or scalar array (dtype ``D``).
+      decay_steps: cast to ``D``.
+      decay_rate: cast to ``D``.
+      staircase: decay in discrete intervals.
+
+    Returns:
+      A function ``step -> learning rate`` (dtype ``D``).
+
+    Example:
+      >>> import compatopt as co
+      >>> co.schedules.inverse_time_decay(0.1, decay_steps=10, decay_rate=0.5)(20)
+      Array(0.05, dtype=float32)
+    """
+    lr = _convert(learning_rate)
+    dtype = lr.dtype
+    _require_float(dtype, "Mul", expected_first=True)
+    ds = _cast(decay_steps, dtype)
+    rate = _cast(decay_rate, dtype)
+    one = jnp.ones((), dtype)
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        p = _div(_step(step, dtype), ds)
+        if staircase:
+            p = jnp.floor(p)
+        return _div(lr, _add(one, _mul(rate, p)))
+
+    return schedule
+
+
+def polynomial_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
+                     end_learning_rate: ArrayLike = 0.0001, power: ArrayLike = 1.0,
+                     cycle: bool = False) -> Schedule:
+    """Polynomial decay, as ``tf.compat.v1.train.polynomial_decay`` (eager).
+
+    Math (in ``D``; ``ds = cast(decay_steps, D)``)::
+
+        no cycle:  s' = min(s, ds);  ds' = ds
+        cycle:     mult = 1 if s == 0 else ceil(s / decay_steps);  ds' = ds * mult;  s' = s
+        p = s' / ds'
+        lr(s) = ((learning_rate - end_learning_rate) * pow(1 - p, power)) + end_learning_rate
+
+    In ``ceil(s / decay_steps)`` a Python ``decay_steps`` is converted straight to ``D`` (no
+    float32 detour), unlike ``ds``: TF divides by the raw argument there.
+
+    Args:
+      learning_rate: Python float (float32) or scalar array (dtype ``D``).
+      decay_steps: steps to reach ``end_learning_rate`` (cast to ``D``).
+      end_learning_rate: final learning rate (cast to ``D``).
+      power: exponent (cast to ``D``).
+      cycle: restart the decay every multiple of ``decay_steps``.
+
+    Returns:
+      A function ``step -> learning rate`` (dtype ``D``).
+
+    Example:
+      >>> import compatopt as co
+      >>> sched = co.schedules.polynomial_decay(0.1, 100, end_learning_rate=0.0, power=2.0)
+      >>> sched(50), sched(500)
+      (Array(0.025, dtype=float32), Array(0., dtype=float32))
+    """
+    lr = _convert(learning_rate)
+    dtype = lr.dtype
+    _require_float(dtype, "Pow", expected_first=False)
+    end = _cast(end_learning_rate, dtype)
+    pw = _cast(power, dtype)
+    ds = _cast(decay_steps, dtype)
+    ds_raw = _implicit(decay_steps, dtype)
+    one = jnp.ones((), dtype)
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        s = _step(step, dtype)
+        if cycle:
+            mult = jnp.where(s == 0, one, jnp.ceil(_div(s, ds_raw)))
+            ds_s = _mul(ds, mult)
+        else:
+            s = jnp.minimum(s, ds)
+            ds_s = ds
+        p = _div(s, ds_s)
+        return _add(_mul(_sub(lr, end), _pow(_sub(one, p), pw)), end)
+
+    return schedule
+
+
+def _one_minus_alpha(alpha: Any, dtype: Any) -> jax.Array:
+    """CosineDecay's ``(1 - alpha)``: Python arithmetic on the raw argument, then ``D``.
+
+    A Python float is subtracted in double and rounded once to ``D``; a NumPy/JAX scalar is
+    subtracted in its own dtype.
+    """
+    if alpha is None:
+        _convert(alpha)
+    return _implicit(1 - alpha, dtype)
+
+
+def cosine_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
+                 alpha: ArrayLike = 0.0) -> Schedule:
+    """Cosine decay (SGDR without restarts), as ``tf.compat.v1.train.cosine_decay`` (eager).
+
+    Math (``D`` must be float32; ``PI = float32(pi)``)::
+
+        s' = min(s, ds);  f = s' / ds
+        c = 0.5 * (1 + cos(PI * f))
+        lr(s) = learning_rate * (((1 - alpha) * c) + alpha)
+
+    where ``1 - alpha`` is computed by Python on the raw ``alpha`` (double for a Python float)
+    and only then converted to float32, while the ``+ alpha`` converts ``alpha`` itself.
+
+    Args:
+      learning_rate: Python float or float32 scalar (other dtypes fail, as in TF).
+      decay_steps: steps to decay over (cast to float32).
+      alpha: minimum learning rate as a fraction of ``learning_rate``.
+
+    Returns:
+      A function ``step -> learning rate`` (float32).
+
+    Raises:
+      InvalidArgumentError: ``learning_rate`` is not float32 (TF: ``Mul`` type error).
+
+    Example:
+      >>> import compatopt as co
+      >>> co.schedules.cosine_decay(0.1, 100)(50)
+      Array(0.05, dtype=float32)
+
+    References: Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts",
+    ICLR 2017.
+    """
+    lr = _convert(learning_rate)
+    dtype = lr.dtype
+    _require_float32(dtype)
+    ds = _cast(decay_steps, dtype)
+    one_minus_alpha = _one_minus_alpha(alpha, dtype)
+    alpha_d = _implicit(alpha, dtype)
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        s = jnp.minimum(_step(step, dtype), ds)
+        f = _div(s, ds)
+        c = _mul(jnp.float32(0.5), _add(jnp.float32(1.0), _cos(_mul(_PI, f))))
+        return _mul(lr, _add(_mul(one_minus_alpha, c), alpha_d))
+
+    return schedule
+
+
+def cosine_decay_restarts(learning_rate: ArrayLike, first_decay_steps: ArrayLike,
+                          t_mul: ArrayLike = 2.0, m_mul: ArrayLike = 1.0,
+                          alpha: ArrayLike = 0.0) -> Schedule:
+    """Cosine decay with warm restarts, as ``tf.compat.v1.train.cosine_decay_restarts``.
+
+    Math (float32; ``t``, ``m``, ``alpha``, ``fds`` cast to float32; ``PI = float32(pi)``)::
+
+        f = s / fds
+        if t == 1:  i = floor(f);  f = f - i
+        else:       i = floor(log(1 - f * (1 - t)) / log(t))
+                    sum_r = (1 - pow(t, i)) / (1 - t)
+                    f = (f - sum_r) / pow(t, i)
+        c = (0.5 * pow(m, i)) * (1 + cos(PI * f))
+        lr(s) = learning_rate * (((1 - alpha) * c) + alpha)
+
+    ``log`` is glibc's ``logf`` for a concrete ``t``; for the step-dependent one it is computed
+    in float64 and rounded (1 ulp from glibc for ~0.1 % of inputs). It matters only through
+    ``floor``, i.e. at a step where ``log(...) / log(t)`` lands within an ulp of an integer.
+
+    Args:
+      learning_rate: Python float or float32 scalar (other dtypes fail, as in TF).
+      first_decay_steps: length of the first period.
+      t_mul: factor by which each period is longer than the previous one.
+      m_mul: factor applied to the peak learning rate at each restart.
+      alpha: minimum learning rate as a fraction of ``learning_rate``.
+
+    Returns:
+      A function ``step -> learning rate`` (float32).
+
+    Example:
+      >>> import compatopt as co
+      >>> sched = co.schedules.cosine_decay_restarts(0.1, 10, t_mul=1.0, m_mul=0.5)
+      >>> sched(10), sched(20)
+      (Array(0.05, dtype=float32), Array(0.025, dtype=float32))
+    """
+    lr = _convert(learning_rate)
+    dtype = lr.dtype
+    _require_float32(dtype)
+    fds = _cast(first_decay_steps, dtype)
+    alpha_d = _cast(alpha, dtype)
+    t = _cast(t_mul, dtype)
+    m = _cast(m_mul, dtype)
+    one = jnp.float32(1.0)
+    geometric_only = N.is_concrete(t) and bool(t != 1.0)
+    constant_only = N.is_concrete(t) and bool(t == 1.0)
+    if not constant_only:
+        log_t = _transcendental("log", t)
+        one_minus_t = _sub(one, t)
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        f = _div(_step(step, dtype), fds)
+        if not geometric_only:
+            i_c = jnp.floor(f)
+            f_c = _sub(f, i_c)
+        if not constant_only:
+            log_arg = _sub(one, _mul(f, one_minus_t))
+            i_g = jnp.floor(_div(_transcendental("log", log_arg), log_t))
+            t_pow = _pow(t, i_g)
+            sum_r = _div(_sub(one, t_pow), one_minus_t)
+            f_g = _div(_sub(f, sum_r), t_pow)
+        if geometric_only:
+            i, f = i_g, f_g
+        elif constant_only:
+            i, f = i_c, f_c
+        else:
+            i, f = jnp.where(t == 1.0, i_c, i_g), jnp.where(t == 1.0, f_c, f_g)
+        c = _mul(_mul(jnp.float32(0.5), _pow(m, i)), _add(one, _cos(_mul(_PI, f))))
+        return _mul(lr, _add(_mul(_sub(one, alpha_d), c), alpha_d))
+
+    return schedule
+
+
+def _linear_cosine(lr: jax.Array, ds: jax.Array, s: jax.Array, num_periods: jax.Array,
+                   alpha: jax.Array, beta: jax.Array, noise: Optional[jax.Array]) -> jax.Array:
+    lin = _div(_sub(ds, s), ds)
+    if noise is not None:
+        lin = _add(lin, noise)
+    f = _div(s, ds)
+    fr = _mul(_mul(jnp.float32(2.0), num_periods), f)
+    c = _mul(jnp.float32(0.5), _add(jnp.float32(1.0), _cos(_mul(_PI, fr))))
+    return _mul(lr, _add(_mul(_add(alpha, lin), c), beta))
+
+
+def linear_cosine_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
+                        num_periods: ArrayLike = 0.5, alpha: ArrayLike = 0.0,
+                        beta: ArrayLike = 0.001) -> Schedule:
+    """Linear cosine decay, as ``tf.compat.v1.train.linear_cosine_decay`` (eager).
+
+    Math (float32; every argument cast to float32; ``PI = float32(pi)``)::
+
+        s' = min(s, ds)
+        lin = (ds - s') / ds
+        f = s' / ds;  fr = (2 * num_periods) * f
+        c = 0.5 * (1 + cos(PI * fr))
+        lr(s) = learning_rate * (((alpha + lin) * c) + beta)
+
+    Args:
+      learning_rate: Python float or float32 scalar (other dtypes fail, as in TF).
+      decay_steps: steps to decay over.
+      num_periods: number of cosine periods in the decay.
+      alpha, beta: see the formula.
+
+    Returns:
+      A function ``step -> learning rate`` (float32).
+
+    Example:
+      >>> import compatopt as co
+      >>> co.schedules.linear_cosine_decay(0.1, 100, beta=0.0)(0)
+      Array(0.1, dtype=float32)
+
+    References: Bello et al., "Neural Optimizer Search with Reinforcement Learning", ICML 2017.
+    """
+    lr = _convert(learning_rate)
+    dtype = lr.dtype
+    _require_float32(dtype)
+    ds = _cast(decay_steps, dtype)
+    args = (_cast(num_periods, dtype), _cast(alpha, dtype), _cast(beta, dtype))
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        s = jnp.minimum(_step(step, dtype), ds)
+        return _linear_cosine(lr, ds, s, *args, noise=None)
+
+    return schedule
+
+
+def noisy_linear_cosine_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
+                              initial_variance: ArrayLike = 1.0,
+                              variance_decay: ArrayLike = 0.55, num_periods: ArrayLike = 0.5,
+                              alpha: ArrayLike = 0.0, beta: ArrayLike = 0.001, *,
+                              key: jax.Array) -> Schedule:
+    """Noisy linear cosine decay, as ``tf.compat.v1.train.noisy_linear_cosine_decay``.
+
+    Math (float32): :func:`linear_cosine_decay` with ``lin`` replaced by ``lin + noise``::
+
+        std = sqrt(initial_variance / pow(1 + s', variance_decay))
+        noise = (z * std) + 0,   z ~ N(0, 1)
+
+    TF draws ``z`` from an unseeded generator, so its values cannot be reproduced; here ``z``
+    is ``jax.random.normal(jax.random.fold_in(key, step))``: the same key and step always give
+    the same learning rate. Everything but ``z`` is TF's arithmetic, bit for bit.
+
+    Args:
+      learning_rate: Python float or float32 scalar (other dtypes fail, as in TF).
+      decay_steps: steps to decay over.
+      initial_variance, variance_decay: the noise's variance schedule.
+      num_periods, alpha, beta: as :func:`linear_cosine_decay`.
+      key: a JAX PRNG key (required, keyword only).
+
+    Returns:
+      A function ``step -> learning rate`` (float32).
+
+    Raises:
+      ValueError: ``learning_rate`` is not float32 (TF fails converting ``std``).
+
+    Example:
+      >>> import jax, compatopt as co
+      >>> sched = co.schedules.noisy_linear_cosine_decay(0.1, 100, key=jax.random.key(0))
+      >>> bool(sched(3) == sched(3))
+      True
+    """
+    lr = _convert(learning_rate)
+    dtype = lr.dtype
+    if dtype != jnp.float32:
+        got = jnp.dtype(dtype).name if _is_float(dtype) else "float64"
+        raise ValueError(
+            f"stddev: Tensor conversion requested dtype float32 for Tensor with dtype {got}")
+    ds = _cast(decay_steps, dtype)
+    var0 = _cast(initial_variance, dtype)
+    var_decay = _cast(variance_decay, dtype)
+    args = (_cast(num_periods, dtype), _cast(alpha, dtype), _cast(beta, dtype))
+    one = jnp.float32(1.0)
+
+    def schedule(step: ArrayLike) -> jax.Array:
+        step_i = _convert(step)
+        s = jnp.minimum(_step(step_i, dtype), ds)
+        std = _hide(jnp.sqrt(_div(var0, _pow(_add(one, s), var_decay))))
+        z = jax.random.normal(jax.random.fold_in(key, step_i.astype(jnp.uint32)), (),
+                              jnp.float32)
+        noise = _add(_mul(z, std), jnp.float32(0.0))
+        return _linear_cosine(lr, ds, s, *args, noise=noise)
+
+    return schedule
+
+
+# --------------------------------------------------------------------------- piecewise
+
+def _dtype_repr(dtype: Any) -> str:
+    return f"<dtype: '{jnp.dtype(dtype).name}'>"
+
+
+def check_boundaries(x_dtype: Any, boundaries: Sequence[jax.Array]) -> list[jax.Array]:
+    """TF1's dtype rule for ``piecewise_constant`` boundaries against the step ``x``.
+
+    A boundary of another dtype than ``x`` is cast only when it is int32 and ``x`` int64.
+
+    Returns:
+      The boundaries, cast where allowed.
+
+    Raises:
+      ValueError: ``Boundaries (<dtype>) must have the same dtype as x (<dtype>).``
+    """
+    x_dtype = jnp.dtype(x_dtype)
+    out = []
+    for b in boundaries:
+        if b.dtype != x_dtype:
+            if b.dtype == jnp.int32 and x_dtype == jnp.int64:
+                b = b.astype(x_dtype)
+            else:
+                raise ValueError(f"Boundaries ({_dtype_repr(b.dtype)}) must have the same "
+                                 f"dtype as x ({_dtype_repr(x_dtype)}).")
+        out.append(b)
+    return out
+
+
+def _flatten(seq: Any) -> list[Any]:
+    return list(jax.tree_util.tree_leaves(seq, is_leaf=lambda v: v is None))
+
+
+def piecewise_constant(boundaries: Sequence[ArrayLike], values: Sequence[ArrayLike]) -> Schedule:
+    """Piecewise constant, as ``tf.compat.v1.train.piecewise_constant`` (eager).
+
+    With ``b = boundaries`` and ``v = values`` (``len(v) == len(b) + 1``)::
+
+        lr(x) = v[0]    if x <= b[0]
+                v[i]    if b[i-1] < x <= b[i]     (a boundary belongs to the lower interval)
+                v[-1]   if x > b[-1]
+
+    No arithmetic: the result is one of ``values``, unchanged. ``x`` (the step) is converted as
+    TF converts it (a Python int is int32); each boundary must have ``x``'s dtype, except that
+    int32 boundaries are cast for an int64 ``x`` (TF1's rule; checked when the schedule is
+    called). TF evaluates the cases with ``exclusive=True``: for unsorted boundaries it raises
+    when two cases hold; here that is raised for a concrete step, and under ``jit`` the first
+    matching case (in TF's order: first, last, middle ones) is returned.
+
+    Args:
+      boundaries: increasing scalars (Python ints become int32).
+      values: scalars or arrays of one dtype (Python floats become float32).
+
+    Returns:
+      A function ``x -> value`` (``values``'s dtype).
+
+    Raises:
+      ValueError: values of different dtypes, or ``len(boundaries) != len(values) - 1``
+        (TF's messages).
+
+    Example:
+      >>> import compatopt as co
+      >>> sched = co.schedules.piecewise_constant([100, 200], [1.0, 0.5, 0.1])
+      >>> sched(100), sched(101), sched(201)
+      (Array(1., dtype=float32), Array(0.5, dtype=float32), Array(0.1, dtype=float32))
+    """
+    bounds = [_convert(b) for b in _flatten(boundaries)]
+    vals = [_convert(v) for v in _flatten(values)]
+    for v in vals[1:]:
+        if v.dtype != vals[0].dtype:
+            raise ValueError("Values must have elements all with the same dtype "
+                             f"({_dtype_repr(vals[0].dtype)} vs {_dtype_repr(v.dtype)}).")
+    if len(bounds) != len(vals) - 1:
+        raise ValueError("The length of boundaries should be 1 less than the length of values")
+    stacked = jnp.stack(vals)
+
+    def schedule(x: ArrayLike) -> jax.Array:
+        x = _convert(x)
+        b = check_boundaries(x.dtype, bounds)
+        preds = [x <= b[0], x > b[-1]]
+        preds += [(x > lo) & (x <= hi) for lo, hi in zip(b[:-1], b[1:])]
+        order = [0, len(vals) - 1] + list(range(1, len(vals) - 1))
+        if N.is_concrete(x) and all(N.is_concrete(p) for p in preds):
+            hits = [bool(p) for p in preds]
+            if sum(hits) > 1:
+                raise InvalidArgumentError(
+                    "Input error: exclusive=True: more than 1 conditions evaluated as True: "
+                    f"{hits}")
+        index = jnp.select(preds, [jnp.int32(k) for k in order], jnp.int32(0))
+        return stacked[index]
+
+    return schedule
+
+
+piecewise_constant_decay = piecewise_constant
