@@ -202,21 +202,24 @@ _LIBM = _libm()
 
 
 def _host_libm(name: str, x: np.ndarray) -> np.ndarray:
-    """``name``/``name + 'f'`` of the C library on a concrete scalar, FTZ as in TF.
+    """``name``/``name + 'f'`` of the C library on a concrete scalar, with TF's DAZ/FTZ.
 
-    Falls back to Python's ``math`` (the C library's double function) rounded to float32 when
-    the C library cannot be loaded.
+    Falls back to NumPy in float64, rounded to ``x``'s dtype, when the C library cannot be
+    loaded.
     """
     x = np.asarray(x)
+    tiny = np.finfo(x.dtype).tiny
+    if x != 0 and abs(x) < tiny:
+        x = np.zeros_like(x)
     c_type = ctypes.c_double if x.dtype == np.float64 else ctypes.c_float
-    fname = name if x.dtype == np.float64 else name + "f"
-    fn = getattr(_LIBM, fname, None) if _LIBM is not None else None
+    fn = getattr(_LIBM, name if x.dtype == np.float64 else name + "f", None)
     if fn is None:
-        out = np.asarray(getattr(math, name)(float(x)), dtype=x.dtype)
+        with np.errstate(all="ignore"):
+            out = getattr(np, name)(x.astype(np.float64)).astype(x.dtype)
     else:
         fn.restype, fn.argtypes = c_type, [c_type]
         out = np.asarray(fn(c_type(x.item())), dtype=x.dtype)
-    if out != 0 and abs(out) < np.finfo(x.dtype).tiny:
+    if out != 0 and abs(out) < tiny:
         out = np.zeros_like(out)
     return out
 
@@ -273,8 +276,8 @@ def exponential_decay(learning_rate: ArrayLike, decay_steps: ArrayLike, decay_ra
     Example:
       >>> import compatopt as co
       >>> sched = co.schedules.exponential_decay(0.1, decay_steps=10, decay_rate=0.5)
-      >>> sched(20)
-      Array(0.025, dtype=float32)
+      >>> print(sched(20))  # TF1: 0.025
+      0.025
     """
     lr = _convert(learning_rate)
     dtype = lr.dtype
@@ -316,12 +319,20 @@ def natural_exp_decay(learning_rate: ArrayLike, decay_steps: ArrayLike, decay_ra
     Example:
       >>> import compatopt as co
       >>> sched = co.schedules.natural_exp_decay(0.1, decay_steps=1, decay_rate=0.5)
-      >>> sched(2)
-      Array(0.03678794, dtype=float32)
+      >>> print(sched(2))  # TF1: 0.036787946
+      0.036787946
     """
-    rate = _convert(decay_rate)
-    return exponential_decay(learning_rate, decay_steps, _transcendental("exp", -rate),
+    return exponential_decay(learning_rate, decay_steps, natural_exp_rate(decay_rate),
                              staircase)
+
+
+def natural_exp_rate(decay_rate: ArrayLike) -> jax.Array:
+    """``exp(-decay_rate)`` as TF's ``natural_exp_decay`` computes it, once, at construction.
+
+    In ``decay_rate``'s converted dtype (float32 for a Python float), with the C library's
+    ``expf``/``exp`` when ``decay_rate`` is concrete.
+    """
+    return _transcendental("exp", -_convert(decay_rate))
 
 
 def inverse_time_decay(learning_rate: ArrayLike, decay_steps: ArrayLike, decay_rate: ArrayLike,
@@ -344,8 +355,8 @@ def inverse_time_decay(learning_rate: ArrayLike, decay_steps: ArrayLike, decay_r
 
     Example:
       >>> import compatopt as co
-      >>> co.schedules.inverse_time_decay(0.1, decay_steps=10, decay_rate=0.5)(20)
-      Array(0.05, dtype=float32)
+      >>> print(co.schedules.inverse_time_decay(0.1, decay_steps=10, decay_rate=0.5)(20))
+      0.05
     """
     lr = _convert(learning_rate)
     dtype = lr.dtype
@@ -391,8 +402,8 @@ def polynomial_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
     Example:
       >>> import compatopt as co
       >>> sched = co.schedules.polynomial_decay(0.1, 100, end_learning_rate=0.0, power=2.0)
-      >>> sched(50), sched(500)
-      (Array(0.025, dtype=float32), Array(0., dtype=float32))
+      >>> print(sched(50), sched(500))  # TF1: 0.025 0.0
+      0.025 0.0
     """
     lr = _convert(learning_rate)
     dtype = lr.dtype
@@ -454,8 +465,8 @@ def cosine_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
 
     Example:
       >>> import compatopt as co
-      >>> co.schedules.cosine_decay(0.1, 100)(50)
-      Array(0.05, dtype=float32)
+      >>> print(co.schedules.cosine_decay(0.1, 100)(50))  # TF1 too (cos(float32(pi)/2) != 0)
+      0.049999997
 
     References: Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts",
     ICLR 2017.
@@ -508,8 +519,8 @@ def cosine_decay_restarts(learning_rate: ArrayLike, first_decay_steps: ArrayLike
     Example:
       >>> import compatopt as co
       >>> sched = co.schedules.cosine_decay_restarts(0.1, 10, t_mul=1.0, m_mul=0.5)
-      >>> sched(10), sched(20)
-      (Array(0.05, dtype=float32), Array(0.025, dtype=float32))
+      >>> print(sched(10), sched(20))  # TF1: 0.05 0.025
+      0.05 0.025
     """
     lr = _convert(learning_rate)
     dtype = lr.dtype
@@ -583,8 +594,8 @@ def linear_cosine_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
 
     Example:
       >>> import compatopt as co
-      >>> co.schedules.linear_cosine_decay(0.1, 100, beta=0.0)(0)
-      Array(0.1, dtype=float32)
+      >>> print(co.schedules.linear_cosine_decay(0.1, 100, beta=0.0)(0))
+      0.1
 
     References: Bello et al., "Neural Optimizer Search with Reinforcement Learning", ICML 2017.
     """
@@ -724,8 +735,8 @@ def piecewise_constant(boundaries: Sequence[ArrayLike], values: Sequence[ArrayLi
     Example:
       >>> import compatopt as co
       >>> sched = co.schedules.piecewise_constant([100, 200], [1.0, 0.5, 0.1])
-      >>> sched(100), sched(101), sched(201)
-      (Array(1., dtype=float32), Array(0.5, dtype=float32), Array(0.1, dtype=float32))
+      >>> print(sched(100), sched(101), sched(201))
+      1.0 0.5 0.1
     """
     bounds = [_convert(b) for b in _flatten(boundaries)]
     vals = [_convert(v) for v in _flatten(values)]
@@ -756,3 +767,15 @@ def piecewise_constant(boundaries: Sequence[ArrayLike], values: Sequence[ArrayLi
 
 
 piecewise_constant_decay = piecewise_constant
+
+
+def piecewise_constant_for(x: ArrayLike, boundaries: Sequence[ArrayLike],
+                           values: Sequence[ArrayLike]) -> Schedule:
+    """:func:`piecewise_constant` with TF1's construction-time checks against ``x``.
+
+    ``tf.compat.v1.train.piecewise_constant(x, ...)`` converts ``x`` (``None`` fails) and
+    checks the boundaries' dtypes against it before anything else; the returned schedule
+    takes a step of ``x``'s dtype.
+    """
+    bounds = check_boundaries(_convert(x).dtype, [_convert(b) for b in _flatten(boundaries)])
+    return piecewise_constant(bounds, values)
