@@ -190,6 +190,7 @@ def _write(var: "Variable", value: jax.Array) -> None:
             f"Cannot store a traced value in {var.name} outside compatopt.function; "
             f"assign a concrete array")
     var._stored = value
+    var._owned = False  # the caller may hold this array: compatopt.function copies it first
 
 
 # -------------------------------------------------------------------------- variable
@@ -276,6 +277,7 @@ class Variable:
             raise ValueError(f"Shape {tuple(shape)} of variable {name} does not match the "
                              f"initial value's shape {tuple(value.shape)}")
         self._stored = value
+        self._owned = False
         self.trainable = True if trainable is None else bool(trainable)
         self.constraint = constraint
         graph = get_default_graph()
@@ -342,6 +344,9 @@ class Variable:
 
     # -- writing
     def _check_assignable(self, value: Any) -> jax.Array:
+        if (isinstance(value, jax.Array) and value.dtype == self._stored.dtype
+                and value.shape == self._stored.shape):
+            return value  # the common case, checked cheaply
         if isinstance(value, (bool, int, float, list, tuple)) or (
                 isinstance(value, np.ndarray) and value.dtype == np.float64
                 and self.dtype != np.float64 and value.ndim == 0):
@@ -436,3 +441,4 @@ def _array(self, dtype=None, copy=None):
 
 
 Variable.__array__ = _array
+Variable.__array_ufunc__ = None  # numpy defers `ndarray op Variable` to Variable.__rop__
