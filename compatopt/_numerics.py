@@ -9,12 +9,12 @@ written bracket order, and never fuse a multiply into an add. XLA breaks this in
 2. XLA's algebraic simplifier rewrites ``x / broadcast(s)`` into ``x * (1 / s)``.
 3. It rewrites ``a / sqrt(b)`` into ``a * rsqrt(b)``.
 
-All three rewrites need to *see* the producing operation. :func:`opaque` hides a value
-behind an integer identity that no compiler can prove is the identity:
-``bitcast(bits(x) | (x != x))``. For every non-NaN ``x`` the OR adds nothing; a NaN stays a
-NaN (its mantissa is already non-zero). Neither XLA nor LLVM folds a float self-comparison,
-so the ``fmul``/``fsqrt`` feeding the next ``fadd``/``fdiv`` is no longer visible to the
-pattern matchers. It costs one compare and one OR per element, works per computation (no
+All of these rewrites (and constant re-association, ``(a * c1) * c2 -> a * (c1 * c2)``)
+need to *see* the producing operation. :func:`opaque` hides a value behind an integer
+identity that no compiler proves is the identity: ``bitcast(bits | (bits == ~0))``. The
+comparison is 1 only for the all-ones pattern, whose lowest bit is already set, so every
+bit pattern (NaN payloads included) is returned unchanged, and the ``fmul``/``fsqrt``
+feeding the next ``fadd``/``fdiv`` is no longer visible to the pattern matchers. It costs one compare and one OR per element, works per computation (no
 global flag), under ``jit``, ``vmap``, ``grad`` and inside a user's larger jitted step, on CPU
 and GPU alike.
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -36,11 +37,12 @@ LOW_PRECISION = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
 
 
 def opaque(x: jax.Array) -> jax.Array:
-    """Returns ``x`` unchanged (bit for bit, NaN payloads aside), hidden from rewrites."""
+    """Returns ``x`` unchanged, bit for bit, hidden from XLA's and LLVM's rewrites."""
     x = jnp.asarray(x)
     uint = _UINT_OF_WIDTH[x.dtype.itemsize]
     bits = lax.bitcast_convert_type(x, uint)
-    return lax.bitcast_convert_type(bits | (x != x).astype(uint), x.dtype)
+    all_ones = jnp.asarray(np.iinfo(uint).max, uint)
+    return lax.bitcast_convert_type(bits | (bits == all_ones).astype(uint), x.dtype)
 
 
 def mul(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -51,18 +53,21 @@ def mul(a: jax.Array, b: jax.Array) -> jax.Array:
 def div(x: jax.Array, y: jax.Array) -> jax.Array:
     """``x / y`` correctly rounded, also when ``y`` is a scalar broadcast over ``x``.
 
-    An elementwise division by a full array is left alone by XLA; a division by a broadcast
-    scalar is not, so the broadcast divisor is made data-dependent on ``x`` (the same
-    non-NaN identity as :func:`opaque`) before dividing.
+    Both operands are hidden: XLA rewrites ``(a / b) / c`` into ``a / (b * c)`` and
+    ``a / (b / c)`` into ``(a * c) / b``, and a division by a broadcast scalar into a
+    multiply, so the broadcast divisor is also made data-dependent on ``x`` (the same non-NaN
+    identity as :func:`opaque`).
     """
-    x = jnp.asarray(x)
+    x = opaque(x)
     y = jnp.asarray(y)
     if y.shape == x.shape or x.ndim == 0:
         return x / opaque(y)
     y_full = jnp.broadcast_to(y, x.shape)
     uint = _UINT_OF_WIDTH[y_full.dtype.itemsize]
-    bits = lax.bitcast_convert_type(y_full, uint) | (x != x).astype(uint)
-    return x / lax.bitcast_convert_type(bits, y_full.dtype)
+    x_bits = lax.bitcast_convert_type(x, _UINT_OF_WIDTH[x.dtype.itemsize])
+    tie = (x_bits == jnp.asarray(np.iinfo(x_bits.dtype).max, x_bits.dtype)).astype(uint)
+    return x / lax.bitcast_convert_type(lax.bitcast_convert_type(y_full, uint) | tie,
+                                        y_full.dtype)
 
 
 def sqrt(x: jax.Array) -> jax.Array:
@@ -87,6 +92,8 @@ def to_tf_tensor(value: Any) -> jax.Array:
     A Python float becomes float32, a Python int int32, a bool bool; NumPy scalars, NumPy
     arrays and JAX arrays (including tracers) keep their dtype.
     """
+    if isinstance(value, (np.generic, np.ndarray)):  # np.float64 is a float subclass
+        return jnp.asarray(value)
     if isinstance(value, bool):
         return jnp.asarray(value)
     if isinstance(value, int):
@@ -124,3 +131,55 @@ def wide_dtype() -> jnp.dtype:
 def sign(x: jax.Array) -> jax.Array:
     """Eigen's ``sign``: ``(x > 0) - (x < 0)``, so ``sign(-0.0) == +0.0``."""
     return (x > 0).astype(x.dtype) - (x < 0).astype(x.dtype)
+
+
+_STRUCTURAL = frozenset({"broadcast_in_dim", "reshape", "squeeze", "expand_dims", "transpose",
+                         "slice", "concatenate", "gather", "scatter", "scatter-add",
+                         "scatter_add", "dynamic_slice", "dynamic_update_slice", "select_n",
+                         "bitcast_convert_type", "copy", "copy_p", "pad", "iota"})
+
+
+def _eval_rounding(jaxpr, consts, args):
+    env = {}
+
+    def read(v):
+        return v.val if isinstance(v, jax.extend.core.Literal) else env[v]
+
+    for v, c in zip(jaxpr.constvars, consts):
+        env[v] = c
+    for v, a in zip(jaxpr.invars, args):
+        env[v] = a
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        inner = eqn.params.get("jaxpr")
+        if inner is not None and hasattr(inner, "jaxpr") and hasattr(inner, "consts"):
+            outs = _eval_rounding(inner.jaxpr, inner.consts, invals)
+        else:
+            outs = eqn.primitive.bind(*invals, **eqn.params)
+            if not eqn.primitive.multiple_results:
+                outs = [outs]
+            if eqn.primitive.name not in _STRUCTURAL:
+                outs = [opaque(o) if jnp.dtype(o.dtype) in LOW_PRECISION else o for o in outs]
+        for v, o in zip(eqn.outvars, outs):
+            env[v] = o
+    return [read(v) for v in jaxpr.outvars]
+
+
+def round_every_op(fn):
+    """``fn`` with every float16/bfloat16 arithmetic result rounded and hidden from XLA.
+
+    TF1 computes each float16/bfloat16 operation in float32 and rounds it back (spec §1.2).
+    XLA:CPU keeps float16 chains in float32 between operations ("excess precision"), which
+    skips those roundings; re-evaluating ``fn``'s jaxpr with :func:`opaque` after every
+    low-precision operation forces each one.
+    """
+
+    def wrapped(*args):
+        flat, tree = jax.tree_util.tree_flatten(args)
+        closed = jax.make_jaxpr(lambda *leaves: fn(*jax.tree_util.tree_unflatten(tree, leaves)),
+                                return_shape=True)
+        closed_jaxpr, out_shape = closed(*flat)
+        outs = _eval_rounding(closed_jaxpr.jaxpr, closed_jaxpr.consts, flat)
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), outs)
+
+    return wrapped

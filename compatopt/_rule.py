@@ -165,13 +165,22 @@ def _resolve(rd: RuleDef, count: jax.Array) -> Hyper:
 
 
 def _run_leaf(rd: RuleDef, g, p, slots: dict, hp: Hyper) -> LeafUpdate:
+    low_precision = jnp.dtype(p.dtype) in _numerics.LOW_PRECISION
+
+    def call(kernel, *args):
+        if not low_precision:
+            return kernel(*args, hp)
+        # float16/bfloat16: round every operation, as TF1's per-op float32 round trip.
+        return _numerics.round_every_op(lambda *a: kernel(*a[:-1], Hyper(a[-1])))(
+            *args, dict(hp))
+
     if isinstance(g, IndexedSlices):
         num_rows = p.shape[0]
         if rd.deduplicate:
             uniq = _sparse.deduplicate(g.values, g.indices, num_rows)
-            return rd.sparse(uniq.values, uniq.rows, p, slots, hp)
-        return rd.sparse(g.values, g.indices.astype(jnp.int32), p, slots, hp)
-    return rd.dense(g, p, slots, hp)
+            return call(rd.sparse, uniq.values, uniq.rows, p, slots)
+        return call(rd.sparse, g.values, g.indices.astype(jnp.int32), p, slots)
+    return call(rd.dense, g, p, slots)
 
 
 def _new_value(p: jax.Array, out: LeafUpdate) -> jax.Array:

@@ -18,6 +18,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from compatopt import _numerics
+
 
 class UniqueRows(NamedTuple):
     """De-duplicated sparse gradient rows.
@@ -40,7 +42,9 @@ def deduplicate(values: jax.Array, indices: jax.Array, num_rows: int) -> UniqueR
     rows, position = jnp.unique(indices, size=k, fill_value=num_rows, return_inverse=True)
     position = position.reshape(k)
     summed = jnp.zeros((k,) + values.shape[1:], values.dtype).at[position].add(values)
-    return UniqueRows(rows.astype(jnp.int32), summed)
+    # XLA rewrites ``x + scatter_add(zeros, ...)`` into ``scatter_add(x, ...)``, which would
+    # add each duplicate to x in turn instead of adding their sum once; opaque stops it.
+    return UniqueRows(rows.astype(jnp.int32), _numerics.opaque(summed))
 
 
 def gather(x: jax.Array, rows: jax.Array) -> jax.Array:

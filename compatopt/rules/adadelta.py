@@ -27,7 +27,7 @@ def _rows(g, accum, accum_update, hp: Hyper):
     eps = hp.cast("epsilon", T)
     one_minus_rho = 1 - rho
     accum = N.mul(accum, rho) + N.mul(g * g, one_minus_rho)
-    upd = (N.sqrt(accum_update + eps) * N.rsqrt(accum + eps)) * g
+    upd = N.opaque(N.sqrt(accum_update + eps) * N.rsqrt(accum + eps)) * g
     delta = N.mul(upd, lr)
     accum_update = N.mul(accum_update, rho) + N.mul(upd * upd, one_minus_rho)
     return delta, accum, accum_update

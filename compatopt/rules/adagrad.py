@@ -22,7 +22,7 @@ class AdagradState(NamedTuple):
 def _dense(g, var, slots, hp: Hyper) -> LeafUpdate:
     lr = hp.cast("learning_rate", var.dtype)
     accum = slots["accumulator"] + N.mul(g, g)
-    delta = N.mul(g * lr, N.rsqrt(accum))
+    delta = N.mul(N.opaque(g * lr), N.rsqrt(accum))
     return LeafUpdate(slots={"accumulator": accum}, delta=delta)
 
 
@@ -32,7 +32,7 @@ def _sparse(g, rows, var, slots, hp: Hyper) -> LeafUpdate:
     if var.ndim == 1:  # TF1's scalar path: an exact division by sqrt
         delta = N.div(lr * g, N.sqrt(accum))
     else:
-        delta = N.mul(lr * g, N.rsqrt(accum))
+        delta = N.mul(N.opaque(lr * g), N.rsqrt(accum))
     new_slot = S.scatter(slots["accumulator"], rows, accum)
     return LeafUpdate(slots={"accumulator": new_slot}, delta=delta, rows=rows)
 

@@ -39,10 +39,10 @@ def _dense(g, var, slots, hp: Hyper) -> LeafUpdate:
     t = hp["t"].astype(jnp.float32).astype(T)  # TF1: float32 step even for float64
     ga = slots["gradient_accumulator"] + g
     gg = slots["gradient_squared_accumulator"] + N.mul(g, g)
-    den = N.mul(l2, t * lr) + N.sqrt(gg)
-    with_l1 = ((-lr) * N.sign(ga)) * jnp.maximum(jnp.abs(ga) - N.mul(t, l1), 0)
+    den = N.mul(l2, N.opaque(t * lr)) + N.sqrt(gg)
+    with_l1 = N.opaque((-lr) * N.sign(ga)) * jnp.maximum(jnp.abs(ga) - N.mul(t, l1), 0)
     without_l1 = (lr * ga) * jnp.asarray(-1, T)
-    value = jnp.where(l1 > 0, with_l1, without_l1) / den
+    value = N.div(jnp.where(l1 > 0, with_l1, without_l1), den)
     return LeafUpdate(slots={"gradient_accumulator": ga, "gradient_squared_accumulator": gg},
                       value=value)
 
@@ -56,13 +56,13 @@ def _sparse(g, rows, var, slots, hp: Hyper) -> LeafUpdate:
         l1 = hp.cast("l1_regularization_strength", T)
         l2 = hp.cast("l2_regularization_strength", T)
         ts = hp["t"].astype(T)
-        gslr = ts * lr
+        gslr = N.opaque(ts * lr)
         ga = ga + g
         gg = gg + N.mul(g, g)
         den = l2 + N.div(N.sqrt(gg), gslr)
         with_l1 = (jnp.asarray(-1, T) * N.sign(ga)) * jnp.maximum(N.div(jnp.abs(ga), ts) - l1, 0)
         without_l1 = jnp.asarray(-1, T) * N.div(ga, ts)
-        value = jnp.where(l1 > 0, with_l1, without_l1) / den
+        value = N.div(jnp.where(l1 > 0, with_l1, without_l1), den)
     else:  # TF1's scalar path, computed in double (float64 needs jax_enable_x64)
         W = N.wide_dtype()
         t = hp["t"].astype(W)
@@ -73,13 +73,13 @@ def _sparse(g, rows, var, slots, hp: Hyper) -> LeafUpdate:
         ga = (ga.astype(W) + gd).astype(T)
         gg = (gg.astype(W) + N.mul(gd, gd)).astype(T)
         gs_l1 = N.mul(t, l1)
-        gs_l2_lr = N.mul(t * l2, lr)
+        gs_l2_lr = N.mul(N.opaque(t * l2), lr)
         s = jnp.sqrt(gg).astype(W)
         den = gs_l2_lr + s
-        with_l1 = (N.sign(-ga.astype(W)) * lr) * jnp.maximum(
+        with_l1 = N.opaque(N.sign(-ga.astype(W)) * lr) * jnp.maximum(
             jnp.abs(ga).astype(W) - gs_l1, 0)
         without_l1 = (-ga).astype(W) * lr
-        value = (jnp.where(l1 > 0, with_l1, without_l1) / den).astype(T)
+        value = N.div(jnp.where(l1 > 0, with_l1, without_l1), den).astype(T)
     new_slots = {"gradient_accumulator": S.scatter(slots["gradient_accumulator"], rows, ga),
                  "gradient_squared_accumulator":
                      S.scatter(slots["gradient_squared_accumulator"], rows, gg)}

@@ -42,7 +42,7 @@ def _dense(g, var, slots, hp: Hyper) -> LeafUpdate:
     alpha = _alpha(hp, T)
     m = slots["m"] + N.mul(g - slots["m"], 1 - beta1)
     v = slots["v"] + N.mul(N.mul(g, g) - slots["v"], 1 - beta2)
-    delta = (m * alpha) / (jnp.sqrt(v) + eps)
+    delta = N.div(m * alpha, jnp.sqrt(v) + eps)
     return LeafUpdate(slots={"m": m, "v": v}, delta=delta)
 
 
@@ -55,7 +55,7 @@ def _sparse(g, rows, var, slots, hp: Hyper) -> LeafUpdate:
     lr2 = _alpha(hp, T)
     m = N.mul(slots["m"], beta1).at[rows].add(N.mul(g, 1 - beta1), mode="drop")
     v = N.mul(slots["v"], beta2).at[rows].add(N.mul(g * g, 1 - beta2), mode="drop")
-    delta = (lr2 * m) / (jnp.sqrt(v) + eps)
+    delta = N.div(lr2 * m, jnp.sqrt(v) + eps)
     return LeafUpdate(slots={"m": m, "v": v}, delta=delta)
 
 

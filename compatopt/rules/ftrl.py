@@ -64,7 +64,7 @@ def _make_kernels(shrinkage: bool, exact_sqrt: Optional[bool]):
         T, lr, l1, _, gs, new_accum, p_new, p_old, y = terms(g, var, accum, linear, hp)
         linear = linear + (gs - N.mul(N.div(p_new - p_old, lr), var))
         x = N.mul(l1, N.sign(linear)) - linear
-        value = jnp.where(jnp.abs(linear) > l1, x / y, jnp.zeros((), T))
+        value = jnp.where(jnp.abs(linear) > l1, N.div(x, y), jnp.zeros((), T))
         return LeafUpdate(slots={"accum": new_accum, "linear": linear}, value=value)
 
     def sparse(g, rows, var, slots, hp: Hyper) -> LeafUpdate:
@@ -84,7 +84,7 @@ def _make_kernels(shrinkage: bool, exact_sqrt: Optional[bool]):
             sigma = N.div(N.opaque(jnp.power(new_accum, -lr_power))
                           - N.opaque(jnp.power(accum, -lr_power)), lr)
             linear = (linear + gs) - N.mul(sigma, v)
-        value = (jnp.clip(linear, -l1, l1) - linear) / y
+        value = N.div(jnp.clip(linear, -l1, l1) - linear, y)
         new_slots = {"accum": S.scatter(slots["accum"], rows, new_accum),
                      "linear": S.scatter(slots["linear"], rows, linear)}
         return LeafUpdate(slots=new_slots, value=value, rows=rows)

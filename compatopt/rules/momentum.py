@@ -25,7 +25,8 @@ def _make_dense(use_nesterov: bool):
         mu = hp.cast("momentum", var.dtype)
         accum = N.mul(slots["momentum"], mu) + g
         if use_nesterov:
-            delta = N.mul(g, lr) + N.mul(accum * mu, lr)
+            # opaque: XLA would fold (accum * mu) * lr into accum * (mu * lr) for constants.
+            delta = N.mul(g, lr) + N.mul(N.opaque(accum * mu), lr)
         else:
             delta = N.mul(accum, lr)
         return LeafUpdate(slots={"momentum": accum}, delta=delta)

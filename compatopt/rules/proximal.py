@@ -79,7 +79,7 @@ def _pgd_sparse(g, rows, var, slots, hp: Hyper) -> LeafUpdate:
 def _pa_dense(g, var, slots, hp: Hyper) -> LeafUpdate:
     lr, l1, l2 = _hyper(hp, var.dtype)
     accum = slots["accumulator"] + N.mul(g, g)
-    eta = lr * N.rsqrt(accum)
+    eta = N.opaque(lr * N.rsqrt(accum))  # opaque: no re-association with l2, l1, g
     prox = var - N.mul(g, eta)
     return LeafUpdate(slots={"accumulator": accum}, value=_shrink(prox, eta, l1, l2))
 
@@ -89,7 +89,7 @@ def _pa_sparse(g, rows, var, slots, hp: Hyper) -> LeafUpdate:
     accum = S.gather(slots["accumulator"], rows) + N.mul(g, g)
     v = S.gather(var, rows)
     if var.ndim > 1:
-        eta = lr * N.rsqrt(accum)
+        eta = N.opaque(lr * N.rsqrt(accum))
         value = _shrink(v - N.mul(g, eta), eta, l1, l2)
     else:
         eta = N.div(lr, N.sqrt(accum))

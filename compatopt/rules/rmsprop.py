@@ -54,7 +54,7 @@ def _make_kernels(centered: bool):
             new["mg"] = S.scatter(slots["mg"], rows, mg)
         else:
             den = ms + eps
-        mom = N.mul(S.gather(slots["momentum"], rows), mu) + N.mul(N.rsqrt(den) * lr, g)
+        mom = N.mul(S.gather(slots["momentum"], rows), mu) + N.mul(N.opaque(N.rsqrt(den) * lr), g)
         new["momentum"] = S.scatter(slots["momentum"], rows, mom)
         return LeafUpdate(slots=new, delta=mom, rows=rows)
 
