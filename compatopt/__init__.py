@@ -8,6 +8,7 @@ Two layers:
 """
 
 from compatopt import errors as errors
+from compatopt import schedules as schedules
 from compatopt._base import (ArrayTree as ArrayTree, IndexedSlices as IndexedSlices,
                              Rule as Rule, Schedule as Schedule, apply_updates as apply_updates)
 from compatopt.rules import (AdadeltaState as AdadeltaState, AdagradDAState as AdagradDAState,
