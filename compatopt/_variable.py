@@ -381,6 +381,30 @@ class Variable:
         _write(self, self._check_assignable(_read(self) - self._check_assignable(delta)))
         return self
 
+    def scatter_update(self, sparse_delta: Any, use_locking: Any = None,
+                       name: Any = None) -> "Variable":
+        """``v[indices] = values`` for an ``IndexedSlices`` (TF's ``scatter_update``)."""
+        new = _read(self).at[jnp.asarray(sparse_delta.indices)].set(
+            sparse_delta.values, mode="drop")
+        _write(self, self._check_assignable(new))
+        return self
+
+    def scatter_add(self, sparse_delta: Any, use_locking: Any = None,
+                    name: Any = None) -> "Variable":
+        """``v[indices] += values`` (repeated indices all added, as TF)."""
+        new = _read(self).at[jnp.asarray(sparse_delta.indices)].add(
+            sparse_delta.values, mode="drop")
+        _write(self, self._check_assignable(new))
+        return self
+
+    def scatter_sub(self, sparse_delta: Any, use_locking: Any = None,
+                    name: Any = None) -> "Variable":
+        """``v[indices] -= values`` (repeated indices all subtracted, as TF)."""
+        new = _read(self).at[jnp.asarray(sparse_delta.indices)].add(
+            -sparse_delta.values, mode="drop")
+        _write(self, self._check_assignable(new))
+        return self
+
     def __repr__(self) -> str:
         try:
             val = np.array(self._stored)

@@ -13,6 +13,9 @@ Writes into ``tests/fixtures/tf1/shim/`` (default):
   ``apply_gradients`` calls with gradients drawn by :func:`replay_gradients`.
 * ``names.json``: slot names, slot variable names, ``variables()``, ``get_slot_names()``
   per optimizer, in graph mode (the shim uniquifies names as graph mode does) and eager.
+* ``subclasses.npz`` / ``.json``: two custom ``Optimizer`` subclasses written with TF1's
+  hooks (BERT's AdamWeightDecay math; a momentum with a non-slot counter, ``_finish`` and
+  sparse rows): losses, final variables, ``variables()`` names.
 * ``errors.json``: exception type and message for every error case of spec §2/§3/§5.
 
 The data and initial values come from :func:`problem` (NumPy ``RandomState``), which the
@@ -126,6 +129,97 @@ def record_names(kind, kwargs):
     return result
 
 
+class TFAdamWeightDecay(v1.train.Optimizer):
+    """BERT's AdamWeightDecayOptimizer math written with TF1's hooks (the port's original)."""
+
+    def __init__(self, learning_rate, weight_decay_rate=0.0, beta_1=0.9, beta_2=0.999,
+                 epsilon=1e-6, exclude_from_weight_decay=None, name="AdamWeightDecayOptimizer"):
+        super().__init__(False, name)
+        self.learning_rate, self.weight_decay_rate = learning_rate, weight_decay_rate
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+        self.exclude_from_weight_decay = exclude_from_weight_decay
+
+    def _create_slots(self, var_list):
+        for v in var_list:
+            self._zeros_slot(v, "m", "adam_m")
+            self._zeros_slot(v, "v", "adam_v")
+
+    def _prepare(self):
+        self._lr_t = tf.convert_to_tensor(self._call_if_callable(self.learning_rate))
+
+    def _resource_apply_dense(self, grad, param):
+        import re
+        m, v = self.get_slot(param, "m"), self.get_slot(param, "v")
+        next_m = self.beta_1 * m + (1.0 - self.beta_1) * grad
+        next_v = self.beta_2 * v + (1.0 - self.beta_2) * tf.square(grad)
+        update = next_m / (tf.sqrt(next_v) + self.epsilon)
+        if self.weight_decay_rate and not any(
+                re.search(r, param.name) for r in self.exclude_from_weight_decay or ()):
+            update += self.weight_decay_rate * param
+        return tf.group(param.assign(param - self._lr_t * update), m.assign(next_m),
+                        v.assign(next_v))
+
+
+class TFCountingMomentum(v1.train.Optimizer):
+    """A custom optimizer using every other hook: non-slot variable, _finish, sparse rows."""
+
+    def __init__(self, learning_rate, momentum, name="CountingMomentum"):
+        super().__init__(False, name)
+        self._lr, self._mu = learning_rate, momentum
+
+    def _create_slots(self, var_list):
+        first = min(var_list, key=lambda v: v.name)
+        self._create_non_slot_variable(initial_value=0.0, name="applies", colocate_with=first)
+        for v in var_list:
+            self._get_or_make_slot(v, tf.ones_like(v) * 0.5, "acc", self._name)
+
+    def _prepare(self):
+        self._lr_t = tf.convert_to_tensor(self._call_if_callable(self._lr))
+
+    def _resource_apply_dense(self, grad, var):
+        acc = self.get_slot(var, "acc")
+        n = self._get_non_slot_variable("applies")
+        new_acc = acc * self._mu + grad
+        acc.assign(new_acc)
+        return var.assign_sub(self._lr_t * new_acc / (1.0 + n))
+
+    def _resource_apply_sparse(self, grad, var, indices):
+        acc = self.get_slot(var, "acc")
+        rows = tf.gather(acc, indices) * self._mu + grad
+        acc.scatter_update(tf.IndexedSlices(rows, indices))
+        return var.scatter_sub(tf.IndexedSlices(self._lr_t * rows, indices))
+
+    def _finish(self, update_ops, name_scope):
+        return self._get_non_slot_variable("applies").assign_add(1.0)
+
+
+def record_subclasses():
+    out = {}
+    mlp, sparse = problem()
+    cases = {
+        "AdamWeightDecay": (lambda: TFAdamWeightDecay(0.01, weight_decay_rate=0.01,
+                                                      exclude_from_weight_decay=["b1", "b2"]),
+                            mlp["init"], lambda p: mlp_loss(p, mlp["x"], mlp["y"]), 50),
+        "CountingMomentum": (lambda: TFCountingMomentum(lambda: 0.05, 0.9), mlp["init"],
+                             lambda p: mlp_loss(p, mlp["x"], mlp["y"]), 30),
+        "CountingMomentum@sparse": (lambda: TFCountingMomentum(0.05, 0.9), sparse["init"],
+                                    lambda p: sparse_loss(p, sparse["ids"], sparse["c"]), 20),
+    }
+    names = {}
+    for name, (make, init, loss_fn, steps) in cases.items():
+        params = {k: tf.Variable(v, name=k) for k, v in init.items()}
+        opt = make()
+        losses = []
+        for _ in range(steps):
+            losses.append(float(loss_fn(params).numpy()))
+            opt.minimize(lambda: loss_fn(params))
+        out[f"{name}/loss"] = np.asarray(losses, np.float32)
+        for k, v in params.items():
+            out[f"{name}/var/{k}"] = v.numpy()
+        names[name] = [v.name for v in opt.variables()]
+    return out, names
+
+
 def capture(fn):
     try:
         fn()
@@ -205,6 +299,10 @@ def main(out_dir: str) -> None:
                                    SPARSE_STEPS))
         arrays.update(run_replay(name, kind, kwargs, mlp["init"]))
         meta[name] = {"kind": kind, "kwargs": kwargs}
+    sub_arrays, sub_names = record_subclasses()
+    np.savez_compressed(os.path.join(out_dir, "subclasses.npz"), **sub_arrays)
+    with open(os.path.join(out_dir, "subclasses.json"), "w") as f:
+        json.dump(sub_names, f, indent=1, sort_keys=True)
     np.savez_compressed(os.path.join(out_dir, "trainings.npz"), **arrays)
     meta["_tensorflow"] = tf.__version__
     with open(os.path.join(out_dir, "trainings.json"), "w") as f:

@@ -61,6 +61,10 @@ class RuleOptimizer(Optimizer):
         self._jit_apply = jax.jit(self._pure_apply)
         self._jit_finish = jax.jit(self._pure_finish)
         self._meta = self._build({k: jnp.zeros((), jnp.float32) for k in self._dynamic_keys()})
+        slot_names = [name for name, _ in self._meta.definition.slots]
+        state = jax.eval_shape(self._meta.init, [])
+        self._names = (slot_names, [f for f in state._fields if f != "count"
+                                    and f not in slot_names and getattr(state, f) is not None])
 
     # ------------------------------------------------------------------ rule plumbing
     def _dynamic_keys(self) -> list:
@@ -80,12 +84,10 @@ class RuleOptimizer(Optimizer):
         return self._name
 
     def _slot_names(self) -> list:
-        return [name for name, _ in self._meta.definition.slots]
+        return self._names[0]
 
     def _non_slot_names(self) -> list:
-        state = self._meta.init([])
-        return [f for f in state._fields
-                if f != "count" and f not in self._slot_names() and getattr(state, f) is not None]
+        return self._names[1]
 
     def _pure_apply(self, dyn, grads, params, slots, non_slots):
         rule = self._build(dyn)
