@@ -1,0 +1,167 @@
+"""compatopt's checkpoint file: one ``<prefix>.npz`` holding every tensor under its TF1 name.
+
+Layout: a ZIP archive (what ``numpy.savez`` writes) with one ``<name>.npy`` member per
+tensor, so ``numpy.load("model.ckpt-100.npz")["w/Adam"]`` reads a slot without compatopt,
+plus a member ``__compatopt_index__.npy`` (a ``uint8`` array of UTF-8 JSON) that records
+each tensor's dtype and shape. Types NumPy cannot store natively (``bfloat16`` and the other
+``ml_dtypes``) are stored as unsigned integers of the same width and viewed back on read.
+
+Writes are atomic: the archive is written to a temporary file in the same directory,
+flushed to disk, then renamed over the final name with ``os.replace``; a crash at any point
+leaves either the previous file or the complete new one. Reads check the ZIP CRC-32 of
+every member and the index, so a truncated or corrupt file raises
+:class:`compatopt.errors.DataLossError` naming the file (and the tensor, when one is bad).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from typing import Dict, Mapping, Tuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from compatopt.errors import DataLossError
+
+SUFFIX = ".npz"
+INDEX = "__compatopt_index__"
+FORMAT = "compatopt-checkpoint"
+VERSION = 1
+
+Spec = Tuple[Tuple[int, ...], np.dtype]
+
+
+def data_file(prefix: str) -> str:
+    """The file that holds checkpoint ``prefix`` (``model.ckpt-100`` → ``…-100.npz``)."""
+    return prefix + SUFFIX
+
+
+def exists(prefix: str) -> bool:
+    return os.path.isfile(data_file(prefix))
+
+
+def _storable(a: np.ndarray) -> np.ndarray:
+    """``a`` as a dtype ``.npy`` can store: ml_dtypes become same-width unsigned ints."""
+    descr = np.lib.format.dtype_to_descr(a.dtype)
+    if np.lib.format.descr_to_dtype(descr) == a.dtype:
+        return a
+    return a.view(np.dtype(f"u{a.dtype.itemsize}"))
+
+
+def write(prefix: str, tensors: Mapping[str, np.ndarray]) -> str:
+    """Writes ``tensors`` (``{tf1_name: array}``) atomically to ``<prefix>.npz``.
+
+    Returns the path written. Raises ``ValueError`` for an unusable name, ``OSError`` when
+    the directory is not writable (the previous file, if any, is then untouched).
+    """
+    index = {"format": FORMAT, "version": VERSION, "tensors": {}}
+    arrays = {}
+    for name, value in tensors.items():
+        if not isinstance(name, str) or not name or name == INDEX:
+            raise ValueError(f"Cannot save a tensor named {name!r}")
+        a = np.asarray(value)
+        if a.dtype.hasobject or a.dtype.kind in "USV":
+            raise TypeError(f"Cannot save {name!r}: dtype {a.dtype} is not numeric")
+        index["tensors"][name] = {"dtype": a.dtype.name, "shape": list(a.shape)}
+        arrays[name] = _storable(a)
+    path = data_file(prefix)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED,
+                                 allowZip64=True) as zf:
+                for name, a in arrays.items():
+                    with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                        np.lib.format.write_array(member, a, allow_pickle=False)
+                blob = np.frombuffer(json.dumps(index).encode("utf-8"), np.uint8)
+                with zf.open(INDEX + ".npy", "w") as member:
+                    np.lib.format.write_array(member, blob, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+    return path
+
+
+def _fsync_dir(directory: str) -> None:
+    """Makes the rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class NpzReader:
+    """Reads a compatopt checkpoint; ``specs()`` comes from the index (no tensor data read).
+
+    Raises :class:`DataLossError` when the file is not a complete compatopt checkpoint.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.path = data_file(prefix)
+        try:
+            blob = self._read_member(INDEX)
+            index = json.loads(blob.tobytes().decode("utf-8"))
+        except DataLossError:
+            raise
+        except (zipfile.BadZipFile, ValueError, KeyError, EOFError, OSError) as e:
+            raise DataLossError(f"Unable to read checkpoint {self.path}: the file is "
+                                f"truncated or corrupt ({e})") from None
+        if not isinstance(index, dict) or index.get("format") != FORMAT:
+            raise DataLossError(f"{self.path} is not a compatopt checkpoint (no index)")
+        if index.get("version", 0) > VERSION:
+            raise DataLossError(f"{self.path} was written by a newer compatopt (format "
+                                f"version {index['version']}); upgrade compatopt")
+        try:
+            self._specs: Dict[str, Spec] = {
+                name: (tuple(int(d) for d in t["shape"]), np.dtype(jnp.dtype(t["dtype"])))
+                for name, t in index["tensors"].items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataLossError(f"{self.path}: corrupt index ({e})") from None
+
+    def _read_member(self, name: str) -> np.ndarray:
+        # The archive is opened per read: no file handle outlives a call.
+        with zipfile.ZipFile(self.path) as zf, zf.open(name + ".npy") as f:
+            return np.lib.format.read_array(f, allow_pickle=False)
+
+    def specs(self) -> Dict[str, Spec]:
+        """``{name: (shape, dtype)}`` of every tensor in the checkpoint."""
+        return dict(self._specs)
+
+    def read(self, name: str) -> np.ndarray:
+        """The tensor ``name``; :class:`DataLossError` if its bytes are damaged."""
+        shape, dtype = self._specs[name]
+        try:
+            a = self._read_member(name)
+        except (zipfile.BadZipFile, ValueError, KeyError, EOFError, OSError) as e:
+            raise DataLossError(f"Unable to read tensor {name!r} from checkpoint "
+                                f"{self.path}: the file is truncated or corrupt ({e})") from None
+        if a.dtype != dtype:
+            if a.dtype.kind != "u" or a.dtype.itemsize != dtype.itemsize:
+                raise DataLossError(f"{self.path}: tensor {name!r} is stored as {a.dtype}, "
+                                    f"the index says {dtype}")
+            a = a.view(dtype)
+        if a.shape != shape:
+            raise DataLossError(f"{self.path}: tensor {name!r} has shape {a.shape}, the "
+                                f"index says {shape}")
+        return a
+
+    def close(self) -> None:
+        pass

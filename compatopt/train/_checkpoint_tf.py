@@ -1,0 +1,174 @@
+"""Reading checkpoints written by TensorFlow (``tf.compat.v1.train.Saver``, ``tf.train``).
+
+No TensorFlow format code lives here: the tensors are read by TensorFlow's own
+``tf.train.load_checkpoint`` reader, imported only when such a checkpoint is opened. Without
+TensorFlow that raises an ``ImportError`` saying how to install it (``compatopt[tf]``) or how
+to convert the checkpoint once on a machine that has it (:func:`convert_tf1_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Any, Callable, Dict, Mapping, Optional, Union
+
+import numpy as np
+
+from compatopt import errors
+from compatopt.train import _checkpoint_format as fmt
+
+# Entries TensorFlow adds to object-based checkpoints; they are not variables.
+TF_INTERNAL_KEYS = frozenset({"_CHECKPOINTABLE_OBJECT_GRAPH"})
+
+_INSTALL_HINT = (
+    "Reading a checkpoint written by TensorFlow ({path}) needs TensorFlow: "
+    "`pip install compatopt[tf]`. Or convert it once, on a machine that has TensorFlow, with "
+    "`compatopt.train.convert_tf1_checkpoint(src, dst)`; the converted checkpoint restores "
+    "without TensorFlow.")
+
+
+def exists(prefix: str) -> bool:
+    """True if TensorFlow files for ``prefix`` exist (V2 ``.index`` or a V1 single file)."""
+    if os.path.isfile(prefix + ".index"):
+        return True
+    return (os.path.isfile(prefix) and not prefix.endswith(fmt.SUFFIX)
+            and _looks_like_v1(prefix))
+
+
+def _looks_like_v1(path: str) -> bool:
+    # A V1 checkpoint is one SSTable file; SSTables end in the 8-byte magic 0xdb4775248b80fb57.
+    try:
+        with open(path, "rb") as f:
+            f.seek(-8, os.SEEK_END)
+            return f.read(8) == bytes.fromhex("57fb808b247547db")
+    except OSError:
+        return False
+
+
+def _import_tf(path: str) -> Any:
+    try:
+        import tensorflow as tf
+    except Exception as e:  # ImportError, or a broken installation
+        raise ImportError(_INSTALL_HINT.format(path=path)) from e
+    return tf
+
+
+_ERROR_TYPES = {"NotFoundError": errors.NotFoundError,
+                "InvalidArgumentError": errors.InvalidArgumentError,
+                "DataLossError": errors.DataLossError,
+                "FailedPreconditionError": errors.FailedPreconditionError}
+
+
+def _translate(tf: Any, e: BaseException, what: str) -> BaseException:
+    """TensorFlow's ``OpError`` → compatopt's error of the same name."""
+    if isinstance(e, tf.errors.OpError):
+        cls = _ERROR_TYPES.get(type(e).__name__, errors.DataLossError)
+        return cls(f"{what}: {e.message}")
+    return e
+
+
+class TFReader:
+    """``tf.train.load_checkpoint`` behind the interface of :class:`NpzReader`."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.path = prefix
+        tf = self._tf = _import_tf(prefix)
+        try:
+            self._reader = tf.train.load_checkpoint(prefix)
+            shapes = self._reader.get_variable_to_shape_map()
+            dtypes = self._reader.get_variable_to_dtype_map()
+        except Exception as e:
+            raise _translate(tf, e, f"Unable to read TensorFlow checkpoint {prefix}") from e
+        self._specs = {}
+        for name, shape in shapes.items():
+            if name in TF_INTERNAL_KEYS or dtypes[name] == tf.string:
+                continue
+            self._specs[name] = (tuple(int(d) for d in shape),
+                                 np.dtype(dtypes[name].as_numpy_dtype))
+
+    def specs(self) -> Dict[str, fmt.Spec]:
+        return dict(self._specs)
+
+    def read(self, name: str) -> np.ndarray:
+        try:
+            value = self._reader.get_tensor(name)
+        except Exception as e:
+            raise _translate(self._tf, e, f"Unable to read tensor {name!r} from TensorFlow "
+                                          f"checkpoint {self.prefix}") from e
+        return np.asarray(value)
+
+    def close(self) -> None:
+        pass
+
+
+NameMap = Union[None, Mapping[str, str], Callable[[str], str]]
+
+
+def map_name(name_map: NameMap, name: str) -> str:
+    if name_map is None:
+        return name
+    if callable(name_map):
+        return name_map(name)
+    return name_map.get(name, name)
+
+
+def convert_tf1_checkpoint(src: str, dst: str, name_map: NameMap = None) -> str:
+    """Converts a TensorFlow checkpoint into a compatopt checkpoint (needs TensorFlow).
+
+    Every tensor of ``src`` (a checkpoint prefix such as ``model.ckpt-50``, or a directory:
+    its latest checkpoint) is read with TensorFlow's reader and written, bit for bit, to
+    ``<dst>.npz`` under the same name, or ``name_map(name)`` / ``name_map.get(name, name)``.
+    The result restores with :class:`compatopt.train.Saver` where TensorFlow is not
+    installed. Returns ``dst``.
+    """
+    from compatopt.train._checkpoint_state import resolve_checkpoint
+    src = resolve_checkpoint(src)
+    reader = TFReader(src)
+    tensors = {}
+    for name in sorted(reader.specs()):
+        new = map_name(name_map, name)
+        if new in tensors:
+            raise ValueError(f"name_map maps two checkpoint entries to {new!r}")
+        tensors[new] = reader.read(name)
+    fmt.write(dst, tensors)
+    return dst
+
+
+def remove_tf_files(prefix: str) -> None:
+    for path in glob.glob(glob.escape(prefix) + ".data-*") + [prefix + ".index"]:
+        if os.path.isfile(path):
+            os.remove(path)
+
+
+Reader = Union[fmt.NpzReader, TFReader]
+
+
+def open_reader(prefix: str) -> Reader:
+    """A reader for checkpoint ``prefix``: compatopt's own, else TensorFlow's.
+
+    ``NotFoundError`` if neither exists.
+    """
+    if fmt.exists(prefix):
+        return fmt.NpzReader(prefix)
+    if prefix.endswith(fmt.SUFFIX) and os.path.isfile(prefix):
+        return fmt.NpzReader(prefix[:-len(fmt.SUFFIX)])
+    if exists(prefix):
+        return TFReader(prefix)
+    raise checkpoint_not_found(prefix)
+
+
+class CheckpointNotFoundError(errors.NotFoundError, ValueError):
+    """No checkpoint at the given path. Also a ``ValueError``, which is what TF1's
+    ``Saver.restore`` raises for a path that is not a checkpoint."""
+
+
+def checkpoint_not_found(prefix: Optional[str]) -> CheckpointNotFoundError:
+    hint = ""
+    if prefix and os.path.isdir(prefix):
+        hint = (" (it is a directory: pass a checkpoint prefix such as "
+                "compatopt.train.latest_checkpoint(directory))")
+    return CheckpointNotFoundError(
+        f"The passed save_path is not a valid checkpoint: {prefix}{hint}. A checkpoint is "
+        f"a prefix such as 'model.ckpt-100' with a file '<prefix>.npz' (compatopt) or "
+        f"'<prefix>.index' (TensorFlow)")
