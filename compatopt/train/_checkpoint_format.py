@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 from typing import Dict, Mapping, Tuple
 
@@ -51,6 +51,26 @@ def _storable(a: np.ndarray) -> np.ndarray:
     return a.view(np.dtype(f"u{a.dtype.itemsize}"))
 
 
+def _is_numeric(dtype: np.dtype) -> bool:
+    if dtype.hasobject or dtype.kind in "USO" or dtype.names is not None:
+        return False
+    try:  # plain void types are refused; ml_dtypes (bfloat16, float8...) are fine
+        return jnp.dtype(dtype.name) == dtype
+    except TypeError:
+        return False
+
+
+def create_temp(path: str) -> tuple:
+    """``(fd, name)`` of a new file next to ``path``, with the permissions the umask gives
+    (``tempfile.mkstemp`` would make it owner-only)."""
+    while True:
+        tmp = f"{path}.tmp{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def write(prefix: str, tensors: Mapping[str, np.ndarray]) -> str:
     """Writes ``tensors`` (``{tf1_name: array}``) atomically to ``<prefix>.npz``.
 
@@ -63,13 +83,13 @@ def write(prefix: str, tensors: Mapping[str, np.ndarray]) -> str:
         if not isinstance(name, str) or not name or name == INDEX:
             raise ValueError(f"Cannot save a tensor named {name!r}")
         a = np.asarray(value)
-        if a.dtype.hasobject or a.dtype.kind in "USV":
+        if not _is_numeric(a.dtype):
             raise TypeError(f"Cannot save {name!r}: dtype {a.dtype} is not numeric")
         index["tensors"][name] = {"dtype": a.dtype.name, "shape": list(a.shape)}
         arrays[name] = _storable(a)
     path = data_file(prefix)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp", dir=directory)
+    fd, tmp = create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED,

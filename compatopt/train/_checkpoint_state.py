@@ -17,7 +17,6 @@ import dataclasses
 import logging
 import os
 import re
-import tempfile
 from typing import List, Optional
 
 from compatopt.train import _checkpoint_format as fmt
@@ -132,7 +131,7 @@ def write_state(save_dir: str, model_checkpoint_path: str, all_paths: List[str],
     lines = [f'model_checkpoint_path: "{_escape(latest)}"']
     lines += [f'all_model_checkpoint_paths: "{_escape(p)}"' for p in all_paths]
     path = os.path.join(save_dir, latest_filename or DEFAULT_FILENAME)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp", dir=save_dir)
+    fd, tmp = fmt.create_temp(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")

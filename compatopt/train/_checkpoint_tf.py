@@ -28,21 +28,8 @@ _INSTALL_HINT = (
 
 
 def exists(prefix: str) -> bool:
-    """True if TensorFlow files for ``prefix`` exist (V2 ``.index`` or a V1 single file)."""
-    if os.path.isfile(prefix + ".index"):
-        return True
-    return (os.path.isfile(prefix) and not prefix.endswith(fmt.SUFFIX)
-            and _looks_like_v1(prefix))
-
-
-def _looks_like_v1(path: str) -> bool:
-    # A V1 checkpoint is one SSTable file; SSTables end in the 8-byte magic 0xdb4775248b80fb57.
-    try:
-        with open(path, "rb") as f:
-            f.seek(-8, os.SEEK_END)
-            return f.read(8) == bytes.fromhex("57fb808b247547db")
-    except OSError:
-        return False
+    """True if a TensorFlow (V2 format) checkpoint ``prefix`` exists: ``<prefix>.index``."""
+    return os.path.isfile(prefix + ".index")
 
 
 def _import_tf(path: str) -> Any:
