@@ -17,7 +17,7 @@ run the rule on one variable at a time (``_finish`` runs the rule's once-per-app
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict
 
 import jax
 import jax.numpy as jnp

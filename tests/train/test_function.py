@@ -1,9 +1,7 @@
 """compatopt.function: one compiled computation per step, variables lifted and donated."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 import compatopt as co
 from shim_models import mlp_loss

@@ -1,7 +1,6 @@
 """Optimizer API details: var_list defaults, None and IndexedSlices gradients, grad_loss,
 constants, decay-function learning rates."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -138,3 +138,20 @@ def test_base_optimizer_without_hooks_raises_not_implemented():
     with pytest.raises(NotImplementedError):
         co.train.Optimizer(False, "Bare").minimize(lambda: jnp.sum(w * w))
     np.testing.assert_array_equal(w.numpy(), [1.0, 1.0])
+
+
+def test_ref_variable_style_sparse_hook_receives_deduplicated_indexed_slices():
+    seen = []
+
+    class SparseSGD(co.train.Optimizer):
+        def __init__(self):
+            super().__init__(False, "SparseSGD")
+
+        def _apply_sparse(self, grad, var):
+            seen.append(np.asarray(grad.indices).tolist())
+            var.scatter_sub(co.IndexedSlices(0.5 * grad.values, grad.indices))
+
+    emb = co.Variable(jnp.zeros((4, 2)), name="emb")
+    SparseSGD().minimize(lambda: jnp.sum(emb.sparse_read(jnp.array([2, 0, 2]))))
+    assert sorted(seen[0]) == [0, 2]
+    np.testing.assert_array_equal(emb.numpy(), [[-0.5, -0.5], [0, 0], [-1, -1], [0, 0]])
