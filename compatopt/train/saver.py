@@ -41,6 +41,7 @@ from compatopt.train._checkpoint_tf import (NameMap,
                                             convert_tf1_checkpoint as convert_tf1_checkpoint)
 
 _log = logging.getLogger(__name__)
+_now = time.time  # the clock keep_checkpoint_every_n_hours reads (tests replace it)
 
 _UNUSED_HINT = (
     "If they are optimizer slots or non-slot variables ('w/Adam', 'beta1_power'), create "
@@ -110,7 +111,7 @@ class Saver:
         self._reshape = reshape
         self._max_to_keep = max_to_keep
         self._keep_every_s = keep_checkpoint_every_n_hours * 3600.0
-        self._next_keep_time = time.time() + self._keep_every_s
+        self._next_keep_time = _now() + self._keep_every_s
         self._allow_empty = allow_empty
         self._pad_step_number = pad_step_number
         self._last_checkpoints: List[Tuple[str, float]] = []
@@ -178,7 +179,7 @@ class Saver:
         if not self._max_to_keep:
             return
         self._last_checkpoints = [p for p in self._last_checkpoints if p[0] != path]
-        self._last_checkpoints.append((path, time.time()))
+        self._last_checkpoints.append((path, _now()))
         if len(self._last_checkpoints) > self._max_to_keep:
             self._to_delete.append(self._last_checkpoints.pop(0))
 
