@@ -137,6 +137,10 @@ class NpzReader:
         self.prefix = prefix
         self.path = data_file(prefix)
         try:
+            with zipfile.ZipFile(self.path) as zf:
+                if INDEX + ".npy" not in zf.namelist():
+                    raise DataLossError(f"{self.path} is not a compatopt checkpoint (it has "
+                                        f"no {INDEX} member)")
             blob = self._read_member(INDEX)
             index = json.loads(blob.tobytes().decode("utf-8"))
         except DataLossError:
