@@ -45,6 +45,25 @@ def opaque(x: jax.Array) -> jax.Array:
     return lax.bitcast_convert_type(bits | (bits == all_ones).astype(uint), x.dtype)
 
 
+def runtime_zero(count: jax.Array) -> jax.Array:
+    """A uint32 zero that XLA cannot fold: ``count >> 31`` for a non-negative ``count``.
+
+    ``opaque`` of a compile-time constant is itself folded, so a kernel whose inputs are
+    constants (a gradient closed over by a jitted function) would again be open to XLA's
+    rewrites; OR-ing this zero, derived from the rule's apply count, into the inputs keeps
+    them runtime values whenever the state is.
+    """
+    return lax.shift_right_logical(count.astype(jnp.uint32), jnp.uint32(31))
+
+
+def hide(x: jax.Array, zero: jax.Array) -> jax.Array:
+    """``x`` with ``zero`` (from :func:`runtime_zero`) OR-ed into its bits: unchanged."""
+    x = jnp.asarray(x)
+    uint = _UINT_OF_WIDTH[x.dtype.itemsize]
+    bits = lax.bitcast_convert_type(x, uint) | zero.astype(uint)
+    return lax.bitcast_convert_type(bits, x.dtype)
+
+
 def mul(a: jax.Array, b: jax.Array) -> jax.Array:
     """``a * b`` rounded once and never fused into a following add (TF1: Eigen ``*``)."""
     return opaque(a * b)

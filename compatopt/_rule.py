@@ -164,8 +164,16 @@ def _resolve(rd: RuleDef, count: jax.Array) -> Hyper:
     return hp
 
 
-def _run_leaf(rd: RuleDef, g, p, slots: dict, hp: Hyper) -> LeafUpdate:
+def _run_leaf(rd: RuleDef, g, p, slots: dict, hp: Hyper, zero: jax.Array) -> LeafUpdate:
     low_precision = jnp.dtype(p.dtype) in _numerics.LOW_PRECISION
+    # Inputs that are compile-time constants (a gradient closed over by a jitted function)
+    # would let XLA fold and re-associate the kernel's arithmetic; hidden inputs cannot be.
+    p = _numerics.hide(p, zero)
+    slots = {name: _numerics.hide(value, zero) for name, value in slots.items()}
+    if isinstance(g, IndexedSlices):
+        g = IndexedSlices(_numerics.hide(g.values, zero), g.indices, g.dense_shape)
+    else:
+        g = _numerics.hide(g, zero)
 
     def call(kernel, *args):
         if not low_precision:
@@ -252,6 +260,7 @@ def build(rd: RuleDef) -> Rule:
                             hp)
         if rd.prepare is not None:
             hp.update(rd.prepare(hp, count))
+        zero = _numerics.runtime_zero(count)
 
         new_p, new_s, updates = [], {s: [] for s in slot_names}, []
         for i, ((_, g), p) in enumerate(zip(flat_g, flat_p)):
@@ -262,7 +271,7 @@ def build(rd: RuleDef) -> Rule:
                 for s in slot_names:
                     new_s[s].append(slots[s])
                 continue
-            out = _run_leaf(rd, g, p, slots, hp)
+            out = _run_leaf(rd, g, p, slots, hp, zero)
             if want_updates:
                 updates.append(_optax_update(p, out))
             else:
