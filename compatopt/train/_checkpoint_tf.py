@@ -47,10 +47,15 @@ _ERROR_TYPES = {"NotFoundError": errors.NotFoundError,
 
 
 def _translate(tf: Any, e: BaseException, what: str) -> BaseException:
-    """TensorFlow's ``OpError`` → compatopt's error of the same name."""
+    """TensorFlow's ``OpError`` → compatopt's error of the same name; anything else the
+    reader raises (e.g. ``IndexError: Read less bytes than requested`` for a truncated data
+    file) → :class:`DataLossError`."""
     if isinstance(e, tf.errors.OpError):
         cls = _ERROR_TYPES.get(type(e).__name__, errors.DataLossError)
         return cls(f"{what}: {e.message}")
+    if isinstance(e, Exception):
+        return errors.DataLossError(f"{what}: the checkpoint is truncated or corrupt "
+                                    f"({type(e).__name__}: {e})")
     return e
 
 

@@ -38,5 +38,6 @@ def import_tf():
             warnings.simplefilter("ignore")
             import tensorflow as tf
     except Exception as e:  # not installed, or a broken installation
-        pytest.skip(f"TensorFlow is not importable ({type(e).__name__}: {e})")
+        pytest.skip(f"TensorFlow is not importable ({type(e).__name__}: {e})",
+                    allow_module_level=True)
     return tf
