@@ -1,0 +1,119 @@
+"""Carry a TF1 training run, optimizer state included, over to compatopt mid-training.
+
+    python3 examples/migrate_tf1_checkpoint.py [--checkpoint PREFIX] [--out DIR]
+
+The default checkpoint is the one committed under ``tests/fixtures/tf1/checkpoints/adam``:
+``tf.compat.v1.train.Saver`` wrote it after 50 Adam steps of a small MLP (variables
+``hidden/kernel`` ... with slots ``hidden/kernel/Adam``, ``hidden/kernel/Adam_1``,
+``beta1_power``, ``beta2_power``, ``global_step``). With TensorFlow installed
+(``pip install compatopt[tf]``) it is read directly through TensorFlow's reader; without
+it, the copy converted once by ``compatopt.train.convert_tf1_checkpoint`` is used.
+
+It then:
+
+1. lists the checkpoint (``list_variables``);
+2. rebuilds the model with TF1's names, creates Adam's slots (TF1 makes them in the first
+   step; here the restore comes first) and restores everything (``Saver.restore``);
+3. trains 50 more steps with ``minimize``: the run continues where TF1 stopped;
+4. saves compatopt checkpoints (atomic, ``max_to_keep=2``) and finds the latest again;
+5. does the same restore for a functional JAX loop (``compatopt.checkpoint.load``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import compatopt as co
+from compatopt import checkpoint as ckpt
+from compatopt.train import saver
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "tf1", "checkpoints", "adam")
+sys.path.insert(0, os.path.join(ROOT, "tests", "checkpoint"))
+from ckpt_problem import VARS, problem  # noqa: E402  (the data the TF1 run trained on)
+
+
+def default_checkpoint() -> str:
+    try:
+        import tensorflow  # noqa: F401
+        return saver.latest_checkpoint(os.path.join(FIXTURE, "tf1"))
+    except ImportError:
+        print("TensorFlow is not installed: using the converted copy of the TF1 checkpoint")
+        return os.path.join(FIXTURE, "converted", "model.ckpt-50")
+
+
+def mlp_loss(p, x, y):
+    h = jnp.tanh(x @ p["hidden/kernel"] + p["hidden/bias"])
+    return jnp.mean(jnp.square(h @ p["out/kernel"] + p["out/bias"] - y))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", help="TF1 or compatopt checkpoint prefix")
+    ap.add_argument("--out", help="where to write compatopt checkpoints (default: a temp dir)")
+    ap.add_argument("--steps", type=int, default=50)
+    args = ap.parse_args()
+    path = args.checkpoint or default_checkpoint()
+    x, y, init = problem()
+
+    print(f"\n1. {path}")
+    for name, shape in saver.list_variables(path):
+        print(f"   {name:24s} {shape}")
+
+    print("\n2. Rebuild with TF1's names, create the slots, restore")
+    params = {n: co.Variable(np.zeros_like(init[n]), name=n) for n in VARS}
+    step = co.train.get_or_create_global_step()
+    opt = co.train.AdamOptimizer(learning_rate=0.01)
+    created = saver.create_slots(opt, list(params.values()))
+    print(f"   created {[v.op.name for v in created]}")
+    saver.Saver().restore(None, path)
+    print(f"   restored {len(co.global_variables())} variables at global_step "
+          f"{int(step.numpy())}")
+
+    print(f"\n3. Train {args.steps} more steps with minimize")
+
+    def loss():
+        return mlp_loss({n: v.value for n, v in params.items()}, x, y)
+
+    print(f"   step {int(step.numpy()):4d}  loss {float(loss()):.6f}")
+    for i in range(args.steps):
+        opt.minimize(loss, global_step=step)
+        if (i + 1) % 10 == 0:
+            print(f"   step {int(step.numpy()):4d}  loss {float(loss()):.6f}")
+
+    out = args.out or tempfile.mkdtemp(prefix="compatopt-ckpt-")
+    print(f"\n4. Save compatopt checkpoints in {out}")
+    s = saver.Saver(max_to_keep=2)
+    for _ in range(3):
+        s.save(None, os.path.join(out, "model.ckpt"), global_step=step)
+        opt.minimize(loss, global_step=step)
+    print(f"   files: {sorted(os.listdir(out))}")
+    print(f"   latest_checkpoint: {saver.latest_checkpoint(out)}")
+
+    print("\n5. The same checkpoint into a functional JAX loop")
+    rule = co.adam(learning_rate=0.01)
+    like = {n: jax.ShapeDtypeStruct(init[n].shape, jnp.float32) for n in VARS}
+    p, state = ckpt.load(path, rule, like)  # dict keys are the TF1 names
+    print(f"   state: {type(state).__name__}(count={int(state.count)}, "
+          f"beta1_power={float(state.beta1_power):.6f}, ...)")
+
+    @jax.jit
+    def train_step(p, state):
+        grads = jax.grad(mlp_loss)(p, x, y)
+        return rule.apply(grads, state, p)
+
+    for _ in range(args.steps):
+        p, state = train_step(p, state)
+    print(f"   after {args.steps} steps: loss {float(mlp_loss(p, x, y)):.6f} (count "
+          f"{int(state.count)})")
+
+
+if __name__ == "__main__":
+    main()
