@@ -137,7 +137,8 @@ def main(out_dir: str) -> None:
         shutil.rmtree(os.path.join(out_dir, cfg), ignore_errors=True)
         os.makedirs(os.path.join(out_dir, cfg, "converted"))
         ref.update(record_dtypes(out_dir) if cfg == "dtypes" else record_training(cfg, out_dir))
-        src = os.path.join(out_dir, cfg, "tf1", f"model.ckpt-{DTYPE_STEP if cfg == 'dtypes' else STEPS_BEFORE}")
+        saved_at = DTYPE_STEP if cfg == "dtypes" else STEPS_BEFORE
+        src = os.path.join(out_dir, cfg, "tf1", f"model.ckpt-{saved_at}")
         co_saver.convert_tf1_checkpoint(src, os.path.join(out_dir, cfg, "converted",
                                                           os.path.basename(src)))
         dtypes = tf.train.load_checkpoint(src).get_variable_to_dtype_map()

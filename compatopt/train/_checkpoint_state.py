@@ -110,7 +110,8 @@ def get_checkpoint_state(checkpoint_dir: str,
         return None
     if not state.model_checkpoint_path:
         return None
-    join = lambda p: p if os.path.isabs(p) else os.path.join(os.fspath(checkpoint_dir), p)  # noqa: E731
+    base = os.fspath(checkpoint_dir)
+    join = lambda p: p if os.path.isabs(p) else os.path.join(base, p)  # noqa: E731
     state.model_checkpoint_path = join(state.model_checkpoint_path)
     state.all_model_checkpoint_paths = [join(p) for p in state.all_model_checkpoint_paths]
     return state

@@ -170,3 +170,15 @@ def test_tf2_object_based_checkpoint(tmp_path):
     w = co.Variable(np.zeros((2, 3), np.float32), name="w")
     S.Saver({key: w}).restore(None, path)
     np.testing.assert_array_equal(w.numpy(), kernel.numpy())
+
+
+def test_state_file_interoperates_with_tensorflow(tmp_path):
+    d = tmp_path / 'dir "ü"'
+    d.mkdir()
+    w = co.Variable(np.zeros(2, np.float32), name="w")
+    ours = S.Saver([w]).save(None, str(d / "m"), global_step=3)
+    state = tf.train.get_checkpoint_state(str(d))
+    assert state.model_checkpoint_path == ours  # TF reads compatopt's state file
+    v1.train.update_checkpoint_state(str(d), str(d / "tf-7"),
+                                    all_model_checkpoint_paths=[ours, str(d / "tf-7")])
+    assert S.get_checkpoint_state(str(d)).all_model_checkpoint_paths == [ours, str(d / "tf-7")]

@@ -243,3 +243,25 @@ def test_create_slots_for_every_builtin_optimizer_matches_first_apply():
         assert sorted(made) == [v.name for v in opt.variables()], kind
     with pytest.raises(ValueError, match="No variables provided"):
         S.create_slots(co.train.AdamOptimizer(), [])
+
+
+def test_state_file_written_by_tensorflow_and_odd_names(tmp_path):
+    from compatopt.train import _checkpoint_format as fmt
+    d = tmp_path / 'run "ü" 1'
+    d.mkdir()
+    fmt.write(str(d / "model.ckpt-5"), {"w": np.zeros(1, np.float32)})
+    # TF2 writes absolute paths (when saving to one), timestamps, and octal escapes
+    escaped = str(d).encode("utf-8").decode("latin-1")
+    escaped = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else
+                      ("\\" + c if c in '"\\' else f"\\{ord(c):03o}") for c in escaped)
+    (d / "checkpoint").write_text(
+        f'model_checkpoint_path: "{escaped}/model.ckpt-5"\n'
+        f'all_model_checkpoint_paths: "{escaped}/model.ckpt-5"\n'
+        f'all_model_checkpoint_timestamps: 1700000000.5\n'
+        f'last_preserved_timestamp: 1699999999.0\n')
+    assert S.latest_checkpoint(str(d)) == str(d / "model.ckpt-5")
+    # compatopt's own writes round-trip the same names
+    w = co.Variable(np.zeros(2, np.float32), name='w "quoted" ü')
+    path = S.Saver([w]).save(None, str(d / "m"), global_step=1)
+    assert S.latest_checkpoint(str(d)) == path
+    assert S.list_variables(path) == [('w "quoted" ü', [2])]
