@@ -113,14 +113,7 @@ def _apply_checks(rule, grads, params, allowed_rows=None):
 def _dense_cases():
     for name in sorted(RULES):
         for axis_type in ("auto", "explicit"):
-            marks = ()
-            if (name, axis_type) == ("proximal_adagrad", "explicit"):
-                # Under jit XLA folds (rsqrt * lr) * l1 into rsqrt * (lr * l1) when both are
-                # constants (rules/proximal.py: eta = lr * N.rsqrt(accum)); the Explicit-axis
-                # program happens to escape the rewrite, so the two differ by an ulp.
-                marks = pytest.mark.xfail(reason="proximal.py eta = lr * rsqrt(accum) "
-                                                 "reassociated by XLA on one device")
-            yield pytest.param(name, axis_type, marks=marks, id=f"{name}-{axis_type}")
+            yield pytest.param(name, axis_type, id=f"{name}-{axis_type}")
 
 
 @pytest.mark.parametrize("name, axis_type", list(_dense_cases()))

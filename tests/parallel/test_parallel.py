@@ -56,6 +56,11 @@ def test_multidevice_functional_cases():
     _run_child_pytest("_multidevice_cases.py")
 
 
+def test_multidevice_shim_cases():
+    """Sharded Variables under compatopt.function; CrossShardOptimizer on 1-8 devices."""
+    _run_child_pytest("_shim_cases.py")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
