@@ -33,12 +33,20 @@ from compatopt.train import _checkpoint_format as fmt
 from compatopt.train import _checkpoint_state as state_file
 from compatopt.train import _checkpoint_tf as tfc
 from compatopt.train._checkpoint_restore import read_checked
-from compatopt.train._checkpoint_slots import create_slots as create_slots  # noqa: F401
-from compatopt.train._checkpoint_state import (checkpoint_exists as checkpoint_exists,  # noqa: F401
+from compatopt.train._checkpoint_read import (CheckpointReader as CheckpointReader,
+                                              list_variables as list_variables,
+                                              load_checkpoint as load_checkpoint,
+                                              load_variable as load_variable)
+from compatopt.train._checkpoint_slots import create_slots as create_slots
+from compatopt.train._checkpoint_state import (checkpoint_exists as checkpoint_exists,
                                                get_checkpoint_state as get_checkpoint_state,
                                                latest_checkpoint as latest_checkpoint)
 from compatopt.train._checkpoint_tf import (NameMap,
                                             convert_tf1_checkpoint as convert_tf1_checkpoint)
+
+__all__ = ["CheckpointReader", "Saver", "checkpoint_exists", "convert_tf1_checkpoint",
+           "create_slots", "get_checkpoint_state", "latest_checkpoint", "list_variables",
+           "load_checkpoint", "load_variable"]
 
 _log = logging.getLogger(__name__)
 _now = time.time  # the clock keep_checkpoint_every_n_hours reads (tests replace it)
@@ -256,49 +264,3 @@ def _step_value(global_step: Any) -> int:
         raise TypeError(f"global_step must be an integer or a scalar integer Variable, got "
                         f"{global_step!r}")
     return int(a)
-
-
-def list_variables(ckpt_dir_or_file: Any) -> List[Tuple[str, List[int]]]:
-    """``tf.train.list_variables``: ``[(name, shape), ...]`` sorted by name, for a
-    checkpoint prefix or a directory (its latest checkpoint), compatopt's or TF's."""
-    reader = load_checkpoint(ckpt_dir_or_file)
-    return sorted((name, list(shape)) for name, (shape, _) in reader.specs().items())
-
-
-class CheckpointReader:
-    """``tf.train.load_checkpoint``'s reader over compatopt and TensorFlow checkpoints."""
-
-    def __init__(self, reader: Any) -> None:
-        self._reader = reader
-        self.path = reader.path
-
-    def specs(self) -> Dict[str, Tuple[tuple, np.dtype]]:
-        return self._reader.specs()
-
-    def get_variable_to_shape_map(self) -> Dict[str, List[int]]:
-        return {k: list(s) for k, (s, _) in self._reader.specs().items()}
-
-    def get_variable_to_dtype_map(self) -> Dict[str, np.dtype]:
-        return {k: d for k, (_, d) in self._reader.specs().items()}
-
-    def has_tensor(self, name: str) -> bool:
-        return name in self._reader.specs()
-
-    def get_tensor(self, name: str) -> np.ndarray:
-        if name not in self._reader.specs():
-            from compatopt.errors import NotFoundError
-            raise NotFoundError(f"Key {name} not found in checkpoint {self.path}")
-        return self._reader.read(name)
-
-
-def load_checkpoint(ckpt_dir_or_file: Any) -> CheckpointReader:
-    """A reader for a checkpoint prefix or a directory's latest checkpoint."""
-    prefix = state_file.resolve_checkpoint(os.fspath(ckpt_dir_or_file))
-    return CheckpointReader(tfc.open_reader(prefix))
-
-
-def load_variable(ckpt_dir_or_file: Any, name: str) -> np.ndarray:
-    """``tf.train.load_variable``: one tensor of a checkpoint (``name`` may end in ``:0``)."""
-    if name.endswith(":0"):
-        name = name[:-2]
-    return load_checkpoint(ckpt_dir_or_file).get_tensor(name)
