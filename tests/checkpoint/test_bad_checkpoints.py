@@ -13,7 +13,8 @@ import pytest
 import compatopt as co
 from compatopt import errors
 from compatopt.train import saver as S
-from conftest import assert_unchanged, snapshot
+
+from .ckpt_helpers import assert_unchanged, snapshot
 
 
 def make_model(shape=(2, 3), dtype=np.float32, extra=False, slots=True):

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 import compatopt as co
-from ckpt_problem import DTYPE_STEP, DTYPE_VARS, FIXTURES
 from compatopt import errors
 from compatopt.train import saver as S
-from conftest import assert_unchanged, snapshot
+
+from .ckpt_helpers import assert_unchanged, snapshot
+from .ckpt_problem import DTYPE_STEP, DTYPE_VARS, FIXTURES
 
 REF = np.load(os.path.join(FIXTURES, "reference.npz"))
 with open(os.path.join(FIXTURES, "names.json")) as _f:

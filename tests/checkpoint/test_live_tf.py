@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 import compatopt as co
-from ckpt_problem import CONFIGS, DTYPE_STEP, FIXTURES, STEPS_AFTER, STEPS_BEFORE, VARS
 from compatopt import errors
 from compatopt.train import saver as S
-from conftest import assert_unchanged, import_tf, snapshot
-from test_resume_tf1 import NAMES, REF, build, check_step100
+
+from .ckpt_helpers import assert_unchanged, import_tf, snapshot
+from .ckpt_problem import CONFIGS, DTYPE_STEP, FIXTURES, STEPS_AFTER, STEPS_BEFORE, VARS
+from .test_resume_tf1 import NAMES, REF, build, check_step100
 
 tf = import_tf()  # skips the module without TensorFlow
 v1 = tf.compat.v1

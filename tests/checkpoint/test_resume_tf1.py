@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 
 import compatopt as co
-from ckpt_problem import CONFIGS, FIXTURES, STEPS_AFTER, STEPS_BEFORE, VARS, problem
 from compatopt import checkpoint as C
 from compatopt.train import saver as S
+
+from .ckpt_problem import CONFIGS, FIXTURES, STEPS_AFTER, STEPS_BEFORE, VARS, problem
 
 REF = np.load(os.path.join(FIXTURES, "reference.npz"))
 with open(os.path.join(FIXTURES, "names.json")) as _f:
