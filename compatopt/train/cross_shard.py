@@ -29,7 +29,6 @@ order on every backend (see :func:`compatopt.parallel.reduce_gradients`).
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import logging
 import math
@@ -42,7 +41,7 @@ from jax.sharding import PartitionSpec
 
 from compatopt import parallel
 from compatopt._numerics import is_concrete
-from compatopt._variable import Frame, Variable
+from compatopt._variable import Frame, Variable, global_variables, trainable_variables
 from compatopt.train._operation import Operation
 from compatopt.train.optimizer import Optimizer
 
@@ -51,8 +50,6 @@ _log = logging.getLogger("compatopt")
 MEAN = "weighted_mean"  # tf.compat.v1.losses.Reduction.MEAN
 SUM = "weighted_sum"    # tf.compat.v1.losses.Reduction.SUM
 _REDUCTIONS = {"mean": "mean", MEAN: "mean", "sum": "sum", SUM: "sum"}
-# Set while shard_map traces a step outside the per-replica program to create its variables.
-_CREATING = contextvars.ContextVar("compatopt_cross_shard_creating", default=False)
 
 
 def _flatten_vars(x):
@@ -121,8 +118,6 @@ class CrossShardOptimizer(Optimizer):
         return manual or None
 
     def _num_shards(self) -> Optional[int]:
-        if _CREATING.get():
-            return 1
         axes = self._axes()
         if axes is None:
             return None
@@ -162,8 +157,7 @@ class CrossShardOptimizer(Optimizer):
             _log.warning("CrossShardOptimizer should be used within a tpu_shard_context, but "
                          "got unset number_of_shards. Assuming 1.")
             num_shards = 1
-        subgroup_size = (None if _CREATING.get() else
-                         self._verify_and_get_subgroup_size(self._group_assignment, num_shards))
+        subgroup_size = self._verify_and_get_subgroup_size(self._group_assignment, num_shards)
         if num_shards > 1 and self._reduction == "mean":
             scale = 1.0 / (subgroup_size if self._group_assignment else num_shards)
             # d(loss * s)/dv is the backward pass seeded with s instead of 1: the same bits
@@ -179,7 +173,7 @@ class CrossShardOptimizer(Optimizer):
         """Sums every gradient over the replicas, then the wrapped optimizer applies them."""
         grads_and_vars = tuple(grads_and_vars)
         axes = self._axes()
-        if axes is not None and not _CREATING.get() and self._num_shards() is not None:
+        if axes is not None and self._num_shards() is not None:
             grads = parallel.reduce_gradients(
                 [g for g, _ in grads_and_vars], axes if len(axes) > 1 else axes[0],
                 reduction="sum", group_assignment=self._group_assignment,
@@ -284,7 +278,7 @@ def shard_map(fn: Optional[Callable] = None, *, mesh, in_specs, out_specs=Partit
         key = _signature(args)
         entry = entries.get(key)
         if entry is None:
-            variables = _create_and_place(fn, args, in_specs, mesh)
+            variables = _create_and_place(fn, args, in_specs, mesh, axis_names)
             entry = entries[key] = (variables, *build(variables, len(args)))
         for _ in range(3):
             variables, run, info = entry
@@ -311,23 +305,34 @@ def shard_map(fn: Optional[Callable] = None, *, mesh, in_specs, out_specs=Partit
     return wrapped
 
 
-def _create_and_place(fn: Callable, args: tuple, in_specs, mesh) -> list:
-    """Runs ``fn`` abstractly outside the per-replica program, on per-replica shapes.
+def _create_and_place(fn: Callable, args: tuple, in_specs, mesh, axis_names) -> list:
+    """Traces the per-replica step abstractly (``jax.eval_shape``) before it first runs.
 
     That creates the variables the step creates (slots, Adam's beta powers) from concrete
-    values, which a per-replica trace cannot give, and finds every variable the step reads
-    or writes. Its writes are discarded and no shard is counted (:class:`CrossShardOptimizer`
-    sees one shard). Those variables are then placed replicated on ``mesh``, as the step's
-    results will be, so that the compiled step sees the same placement on every call.
+    values, which neither an eager per-replica run nor the compiled one can give, and finds
+    every variable the step reads or writes; its writes are discarded. Those variables are
+    then placed replicated on ``mesh``, as the step's results will be, so that a compiled
+    step sees the same placement on every call.
     """
-    local = _local_shapes(args, in_specs, mesh)
-    token = _CREATING.set(True)
-    try:
-        with Frame(capture=True) as probe:
-            jax.eval_shape(lambda *a: (fn(*a), None)[1], *local)
-    finally:
-        _CREATING.reset(token)
-    variables = list(dict.fromkeys([*probe.all_reads, *probe.writes]))
+    specs = in_specs if isinstance(in_specs, tuple) else (in_specs,) * len(args)
+    # The graph's variables go in as arguments: shard_map cannot close over arrays on a mesh
+    # with Explicit axes. (Others are closed over, which Auto axes allow.)
+    known = list(dict.fromkeys([*global_variables(), *trainable_variables()]))
+
+    inner: list = []
+
+    def probe_body(values, *local_args):
+        with Frame(overrides=dict(zip(known, values)), capture=True) as frame:
+            fn(*local_args)
+        inner.append(frame)
+        return []
+
+    with Frame(capture=True) as probe:
+        jax.eval_shape(jax.shard_map(probe_body, mesh=mesh, in_specs=(PartitionSpec(), *specs),
+                                     out_specs=PartitionSpec(), axis_names=axis_names,
+                                     check_vma=False),
+                       [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in known], *args)
+    variables = list(dict.fromkeys([*probe.all_reads, *inner[0].writes]))
     for v in variables:
         _place_replicated(v, mesh)
     return variables
@@ -337,23 +342,6 @@ def _signature(args) -> tuple:
     leaves, tree = jax.tree_util.tree_flatten(args)
     return tree, tuple((tuple(x.shape), str(x.dtype)) if hasattr(x, "shape") else ("static", repr(x))
                        for x in leaves)
-
-
-def _local_shapes(args: tuple, in_specs, mesh) -> tuple:
-    """``args`` as the per-replica shapes (``ShapeDtypeStruct``) that shard_map gives ``fn``."""
-    specs = in_specs if isinstance(in_specs, tuple) else (in_specs,) * len(args)
-
-    def local(spec, arg):
-        def one(x):
-            if not hasattr(x, "shape"):
-                return x
-            shape = jax.sharding.NamedSharding(mesh, spec).shard_shape(tuple(x.shape))
-            return jax.ShapeDtypeStruct(shape, x.dtype)
-        return jax.tree_util.tree_map(one, arg)
-
-    return tuple(jax.tree_util.tree_map(local, specs, args,
-                                        is_leaf=lambda x: isinstance(x, PartitionSpec)
-                                        or x is None))
 
 
 def _place_replicated(v: Variable, mesh) -> None:
