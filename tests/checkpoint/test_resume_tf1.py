@@ -6,8 +6,10 @@ Runs without TensorFlow: the TF1 checkpoint was converted by
 (``tools/make_tf1_checkpoint_fixtures.py``), and the 50 later steps use the gradients TF
 computed (recorded), so every update sees exactly TF's inputs. Adam, Nesterov momentum and
 centered RMSProp on dense float32 are bit-exact in the functional core, so the comparison
-is bit for bit (``assert_array_equal``): variables, every slot, ``beta1_power``/``beta2_power``
-and the global step. Training with compatopt's own gradients (``minimize``) is compared
+is bit for bit (``assert_array_equal``) on CPU: variables, every slot,
+``beta1_power``/``beta2_power`` and the global step. On a GPU XLA's float32 division and
+square root are approximate (README, Exactness), so there only dense momentum stays
+bit-exact and Adam/RMSProp are held to the tolerance below. Training with compatopt's own gradients (``minimize``) is compared
 within ``rtol=1e-5``, since XLA's and TF's matmuls differ in the last bits.
 """
 
@@ -45,10 +47,19 @@ def build(cfg, init=None):
     return params, step, opt
 
 
+def bit_exact_here(cfg):
+    """Whether the core is bit-exact for this configuration on the default device."""
+    return jax.default_backend() == "cpu" or cfg == "momentum"
+
+
+def close(got, want, err_msg):
+    """rtol 1e-5; entries near zero are held to 1e-5 of their array's largest magnitude."""
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(want))),
+                               err_msg=err_msg)
+
+
 def check_step100(cfg, params, opt, step, exact=True):
-    compare = np.testing.assert_array_equal if exact else (
-        lambda a, b, err_msg: np.testing.assert_allclose(
-            a, b, rtol=1e-5, atol=1e-5 * float(np.max(np.abs(b))), err_msg=err_msg))
+    compare = np.testing.assert_array_equal if exact and bit_exact_here(cfg) else close
     ref = {k.split("/", 2)[2]: REF[k] for k in REF.files if k.startswith(f"{cfg}/step100/")}
     got = {v.op.name: v.numpy() for v in co.global_variables()}
     assert sorted(got) == sorted(ref)
@@ -111,8 +122,9 @@ def test_functional_load_then_apply_is_bit_exact(cfg):
     got = C.to_tf1(rule, params, state, global_step=state.count)
     want = {k.split("/", 2)[2]: REF[k] for k in REF.files if k.startswith(f"{cfg}/step100/")}
     assert sorted(got) == sorted(want)
+    compare = np.testing.assert_array_equal if bit_exact_here(cfg) else close
     for name in want:
-        np.testing.assert_array_equal(got[name], want[name], err_msg=f"{cfg}: {name}")
+        compare(got[name], want[name], err_msg=f"{cfg}: {name}")
 
 
 def test_restore_then_minimize_matches_tf1_within_tolerance():
@@ -128,9 +140,10 @@ def test_restore_then_minimize_matches_tf1_within_tolerance():
         return jnp.mean(jnp.square(h @ params["out/kernel"] + params["out/bias"].value - y))
 
     losses = []
-    for _ in range(STEPS_AFTER):
-        losses.append(float(loss()))
-        opt.minimize(loss, global_step=step)
+    with jax.default_matmul_precision("highest"):  # GPUs default to TF32 for float32 matmuls
+        for _ in range(STEPS_AFTER):
+            losses.append(float(loss()))
+            opt.minimize(loss, global_step=step)
     np.testing.assert_allclose(losses, REF[f"{cfg}/loss"], rtol=1e-5)
     check_step100(cfg, params, opt, step, exact=False)
 
