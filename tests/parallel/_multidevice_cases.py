@@ -110,10 +110,14 @@ def _apply_checks(rule, grads, params, allowed_rows=None):
     return state, new_p, new_s
 
 
+EXPLICIT_SUBSET = ("adam", "ftrl", "proximal_adagrad", "rmsprop_centered")  # CI time
+
+
 def _dense_cases():
     for name in sorted(RULES):
         for axis_type in ("auto", "explicit"):
-            yield pytest.param(name, axis_type, id=f"{name}-{axis_type}")
+            if axis_type == "auto" or name in EXPLICIT_SUBSET:
+                yield pytest.param(name, axis_type, id=f"{name}-{axis_type}")
 
 
 @pytest.mark.parametrize("name, axis_type", list(_dense_cases()))

@@ -93,12 +93,12 @@ def _reference(n: int, reduction: str = "mean", opt_fn=lambda: co.train.AdamOpti
     return _values(v), int(gs.value)
 
 
-def _cross_shard(n: int, compiled: bool = True, **kwargs):
+def _cross_shard(n: int, compiled: bool = True, axis_type: str = "auto", **kwargs):
     co.reset_default_graph()
     v = _variables()
     opt = CrossShardOptimizer(co.train.AdamOptimizer(0.01), **kwargs)
     gs = co.train.get_or_create_global_step()
-    mesh = mesh_1d(n)
+    mesh = mesh_1d(n, axis_type=axis_type)
 
     @cross_shard.shard_map(mesh=mesh, in_specs=P("data"))
     def step(x, y):
@@ -129,6 +129,14 @@ def test_cross_shard_matches_one_device(n):
     assert_bitwise(got, want, f"{n} devices")
     for var in v.values():  # the slots stayed replicated on the mesh, like the variables
         assert opt.get_slot(var, "m").value.sharding.is_fully_replicated
+
+
+def test_cross_shard_on_explicit_axes():
+    """``jax.make_mesh``'s default axis type: the variables go into shard_map as arguments."""
+    v, _, _ = _cross_shard(4, axis_type="explicit", fixed_order=True)
+    got = _values(v)
+    want, _ = _reference(4)
+    assert_bitwise(got, want)
 
 
 def test_cross_shard_eagerly():

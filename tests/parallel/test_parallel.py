@@ -61,6 +61,17 @@ def test_multidevice_shim_cases():
     _run_child_pytest("_shim_cases.py")
 
 
+def test_data_parallel_example_runs():
+    """examples/data_parallel.py, shim mode, one epoch on 8 CPU devices."""
+    pytest.importorskip("sklearn")
+    cmd = [sys.executable, str(ROOT / "examples" / "data_parallel.py"), "--mode", "shim",
+           "--epochs", "1"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(8), capture_output=True, text=True,
+                          timeout=CHILD_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "over 8 cpu device(s)" in proc.stdout and "test acc" in proc.stdout
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
