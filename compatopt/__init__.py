@@ -33,4 +33,5 @@ from compatopt._variable import (Variable as Variable, global_variables as globa
                                  trainable_variables as trainable_variables)
 from compatopt._function import function as function
 from compatopt import train as train
+from compatopt import checkpoint as checkpoint
 # --- end compat shim ------------------------------------------------------------------------

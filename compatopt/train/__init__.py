@@ -21,10 +21,16 @@ from compatopt.train.optimizers import (
     ProximalGradientDescentOptimizer as ProximalGradientDescentOptimizer,
     RMSPropOptimizer as RMSPropOptimizer)
 
-try:  # written by another helper; re-exported once it exists
-    from compatopt.train.learning_rate_decay import (  # noqa: F401
-        cosine_decay, cosine_decay_restarts, exponential_decay, inverse_time_decay,
-        linear_cosine_decay, natural_exp_decay, noisy_linear_cosine_decay, piecewise_constant,
-        polynomial_decay)
-except ImportError:  # pragma: no cover
-    pass
+from compatopt.train.learning_rate_decay import (
+    cosine_decay as cosine_decay, cosine_decay_restarts as cosine_decay_restarts,
+    exponential_decay as exponential_decay, inverse_time_decay as inverse_time_decay,
+    linear_cosine_decay as linear_cosine_decay, natural_exp_decay as natural_exp_decay,
+    noisy_linear_cosine_decay as noisy_linear_cosine_decay,
+    piecewise_constant as piecewise_constant,
+    piecewise_constant_decay as piecewise_constant_decay, polynomial_decay as polynomial_decay)
+from compatopt.train.saver import (
+    CheckpointReader as CheckpointReader, Saver as Saver,
+    checkpoint_exists as checkpoint_exists, convert_tf1_checkpoint as convert_tf1_checkpoint,
+    create_slots as create_slots, get_checkpoint_state as get_checkpoint_state,
+    latest_checkpoint as latest_checkpoint, list_variables as list_variables,
+    load_checkpoint as load_checkpoint, load_variable as load_variable)
