@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import compatopt as co
-from shim_models import mlp_loss
-from shim_problem import problem
+from .shim_models import mlp_loss
+from .shim_problem import problem
 
 
 def _setup(opt_factory=lambda: co.train.AdamOptimizer(0.01)):

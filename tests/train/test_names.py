@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import compatopt as co
-from conftest import FIXTURES
-from shim_models import make_optimizer
-from shim_problem import CONFIGS
+from .conftest import FIXTURES
+from .shim_models import make_optimizer
+from .shim_problem import CONFIGS
 
 with open(os.path.join(FIXTURES, "names.json")) as f:
     NAMES = json.load(f)

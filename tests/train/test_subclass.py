@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import compatopt as co
-from conftest import FIXTURES
-from shim_models import mlp_loss, sparse_loss
-from shim_problem import problem
+from .conftest import FIXTURES
+from .shim_models import mlp_loss, sparse_loss
+from .shim_problem import problem
 
 REF = np.load(os.path.join(FIXTURES, "subclasses.npz"))
 with open(os.path.join(FIXTURES, "subclasses.json")) as f:

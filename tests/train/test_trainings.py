@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 import compatopt as co
-from conftest import FIXTURES
-from shim_models import make_optimizer, mlp_loss, sparse_loss
-from shim_problem import CONFIGS, MLP_STEPS, REPLAY_STEPS, SPARSE_STEPS, problem, replay_gradients
+from .conftest import FIXTURES
+from .shim_models import make_optimizer, mlp_loss, sparse_loss
+from .shim_problem import CONFIGS, MLP_STEPS, REPLAY_STEPS, SPARSE_STEPS, problem, replay_gradients
 
 REF = np.load(os.path.join(FIXTURES, "trainings.npz"))
 RULES = {"GradientDescent": co.gradient_descent, "Momentum": co.momentum,
