@@ -214,3 +214,48 @@ def test_no_recompile_and_dtype_stable_state():
     for _ in range(3):
         params, state = step(params, state)
     assert len(traces) == 1
+
+
+# ------------------------------------------------------------------------- FlatParams
+
+
+@pytest.mark.parametrize("name", ["adam", "momentum", "rmsprop_centered", "ftrl", "adadelta"])
+def test_flat_params_bit_exact_with_per_leaf(name):
+    from compatopt._multi_tensor import FlatParams, flatten_params
+
+    params = _params(name in LOW_PRECISION_OK, scalar=name not in NO_SCALAR_LEAF)
+    base = RULES[name]()
+
+    def loss(tree):
+        return sum(jnp.sum(jnp.sin(x.astype(jnp.float32))) for x in jax.tree.leaves(tree))
+
+    @jax.jit
+    def per_leaf(params, state):
+        return base.apply(jax.grad(loss)(params), state, params)
+
+    @jax.jit
+    def flat_step(flat, state):
+        grads = jax.grad(lambda fp: loss(fp.tree()))(flat)
+        assert isinstance(grads, FlatParams)
+        return base.apply(grads, state, flat)
+
+    flat = flatten_params(params, max_leaf_size=100)
+    s1, s2 = base.init(params), base.init(flat)
+    p1 = params
+    for _ in range(3):
+        p1, s1 = per_leaf(p1, s1)
+        flat, s2 = flat_step(flat, s2)
+    assert_same_bits(p1, flat.tree())
+    for slot, _ in base.definition.slots:
+        assert_same_bits(getattr(s1, slot), getattr(s2, slot).tree())
+
+
+def test_flat_params_inside_jit_and_round_trip():
+    from compatopt._multi_tensor import flatten_params
+
+    params = {"a": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(4), "c": jnp.zeros((), jnp.bfloat16)}
+    flat = flatten_params(params)
+    assert_same_bits(flat.tree(), params)
+    traced = jax.jit(lambda p: flatten_params(p).buffers)(params)
+    assert_same_bits(traced, flat.buffers)
+    assert [b.shape for b in flat.buffers] == [(10,), ()]
