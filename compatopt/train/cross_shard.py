@@ -52,12 +52,6 @@ SUM = "weighted_sum"    # tf.compat.v1.losses.Reduction.SUM
 _REDUCTIONS = {"mean": "mean", MEAN: "mean", "sum": "sum", SUM: "sum"}
 
 
-def _flatten_vars(x):
-    if isinstance(x, (list, tuple)):
-        return [leaf for item in x for leaf in _flatten_vars(item)]
-    return [x]
-
-
 class CrossShardOptimizer(Optimizer):
     """An optimizer that averages (or sums) gradients across replicas, as TF1's TPU one.
 
@@ -75,7 +69,7 @@ class CrossShardOptimizer(Optimizer):
         enclosing ``shard_map`` made manual; outside one, one shard (as TF1 outside a TPU
         shard context, with the same warning).
       fixed_order: sum the replicas' gradients in replica order (all-gather then adds)
-        instead of ``lax.psum``: the same bits on every backend and replica count layout.
+        instead of ``lax.psum``: the same bits on every backend.
       sparse: ``"dense"`` (TF1: ``cross_replica_sum`` densifies an ``IndexedSlices``) or
         ``"gather"`` (keep it sparse: every replica's rows, concatenated in replica order).
 
@@ -163,9 +157,11 @@ class CrossShardOptimizer(Optimizer):
             # d(loss * s)/dv is the backward pass seeded with s instead of 1: the same bits
             # as TF1's `loss *= scale`, without wrapping the user's loss callable.
             grad_loss = kwargs.pop("grad_loss", None)
-            kwargs["grad_loss"] = (scale if grad_loss is None
-                                   else jnp.asarray(grad_loss) * jnp.asarray(scale,
-                                                                             jnp.asarray(grad_loss).dtype))
+            if grad_loss is None:
+                kwargs["grad_loss"] = scale
+            else:
+                grad_loss = jnp.asarray(grad_loss)
+                kwargs["grad_loss"] = grad_loss * jnp.asarray(scale, grad_loss.dtype)
         return self._opt.compute_gradients(loss, var_list=var_list, **kwargs)
 
     def apply_gradients(self, grads_and_vars, global_step: Optional[Variable] = None,
