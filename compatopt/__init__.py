@@ -34,4 +34,5 @@ from compatopt._variable import (Variable as Variable, global_variables as globa
 from compatopt._function import function as function
 from compatopt import train as train
 from compatopt import checkpoint as checkpoint
+from compatopt import parallel as parallel
 # --- end compat shim ------------------------------------------------------------------------

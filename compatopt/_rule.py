@@ -184,10 +184,14 @@ def _run_leaf(rd: RuleDef, g, p, slots: dict, hp: Hyper, zero: jax.Array) -> Lea
 
     if isinstance(g, IndexedSlices):
         num_rows = p.shape[0]
+        # Out-of-range rows (negative ones too, which jnp would wrap) become the padding row
+        # ``num_rows``, whose reads are zeros and whose writes are dropped.
+        indices = g.indices.astype(jnp.int32)
+        indices = jnp.where((indices >= 0) & (indices < num_rows), indices, num_rows)
         if rd.deduplicate:
-            uniq = _sparse.deduplicate(g.values, g.indices, num_rows)
+            uniq = _sparse.deduplicate(g.values, indices, num_rows)
             return call(rd.sparse, uniq.values, uniq.rows, p, slots)
-        return call(rd.sparse, g.values, g.indices.astype(jnp.int32), p, slots)
+        return call(rd.sparse, g.values, indices, p, slots)
     return call(rd.dense, g, p, slots)
 
 

@@ -47,14 +47,40 @@ def deduplicate(values: jax.Array, indices: jax.Array, num_rows: int) -> UniqueR
     return UniqueRows(rows.astype(jnp.int32), _numerics.opaque(summed))
 
 
+def _explicit_sharding(x: jax.Array):
+    """``x``'s sharding when it lives on a mesh with Explicit axes (which needs the output
+    sharding of gathers and scatters spelled out), else None."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or mesh.empty or not mesh.are_all_axes_explicit:
+        return None
+    spec = tuple(sharding.spec) + (None,) * (x.ndim - len(sharding.spec))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+
+
+def _dropped_if_negative(rows: jax.Array, num_rows: int) -> jax.Array:
+    # jnp's .at[] wraps negative indices (-1 is the last row); here they are out of range.
+    return jnp.where(rows < 0, num_rows, rows)
+
+
 def gather(x: jax.Array, rows: jax.Array) -> jax.Array:
     """``x[rows]``; padded (out-of-range) rows read as zeros."""
-    return x.at[rows].get(mode="fill", fill_value=0)
+    rows = _dropped_if_negative(rows, x.shape[0])
+    sharding = _explicit_sharding(x)
+    out = None if sharding is None else sharding.update(spec=(None, *sharding.spec[1:]))
+    return x.at[rows].get(mode="fill", fill_value=0, out_sharding=out)
 
 
 def scatter(x: jax.Array, rows: jax.Array, new_rows: jax.Array) -> jax.Array:
     """``x`` with ``x[rows] = new_rows``; padded (out-of-range) rows are dropped."""
-    return x.at[rows].set(new_rows, mode="drop")
+    rows = _dropped_if_negative(rows, x.shape[0])
+    return x.at[rows].set(new_rows, mode="drop", out_sharding=_explicit_sharding(x))
+
+
+def scatter_add(x: jax.Array, rows: jax.Array, rows_delta: jax.Array) -> jax.Array:
+    """``x`` with ``x[rows] += rows_delta``, repeated rows added in input order."""
+    rows = _dropped_if_negative(rows, x.shape[0])
+    return x.at[rows].add(rows_delta, mode="drop", out_sharding=_explicit_sharding(x))
 
 
 def check_indices(indices, num_rows: int, where: str) -> None:

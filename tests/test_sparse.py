@@ -102,12 +102,6 @@ def test_gather_reads_padding_as_zeros_and_scatter_drops_it():
     np.testing.assert_array_equal(np.asarray(out), expected)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: gather/scatter use jnp's .at[], which wraps negative indices (row -1 is the "
-    "last row) instead of treating them as out of range, so under jit a negative sparse "
-    "index updates the last row although the docstrings say out-of-range rows are dropped "
-    "(TF1 raises); fix: map indices outside [0, num_rows) to num_rows before de-duplication "
-    "and in GradientDescent's scatter-add, e.g. jnp.where((i >= 0) & (i < n), i, n)"))
 def test_negative_rows_are_out_of_range_too():
     x = jnp.arange(12.0, dtype=jnp.float32).reshape(4, 3)
     rows = jnp.asarray([-1])

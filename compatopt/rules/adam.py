@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from compatopt import _numerics as N
+from compatopt import _sparse as S
 from compatopt._base import ArrayTree, LeafUpdate, Rule, ScalarOrSchedule
 from compatopt._rule import Hyper, RuleDef, build, zeros_slot
 
@@ -53,8 +54,8 @@ def _sparse(g, rows, var, slots, hp: Hyper) -> LeafUpdate:
     beta2 = hp.cast("beta2", T)
     eps = hp.cast("epsilon", T)
     lr2 = _alpha(hp, T)
-    m = N.mul(slots["m"], beta1).at[rows].add(N.mul(g, 1 - beta1), mode="drop")
-    v = N.mul(slots["v"], beta2).at[rows].add(N.mul(g * g, 1 - beta2), mode="drop")
+    m = S.scatter_add(N.mul(slots["m"], beta1), rows, N.mul(g, 1 - beta1))
+    v = S.scatter_add(N.mul(slots["v"], beta2), rows, N.mul(g * g, 1 - beta2))
     delta = N.div(lr2 * m, jnp.sqrt(v) + eps)
     return LeafUpdate(slots={"m": m, "v": v}, delta=delta)
 

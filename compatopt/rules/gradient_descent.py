@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from compatopt import _numerics as N
+from compatopt import _sparse as S
 from compatopt._base import LeafUpdate, Rule, ScalarOrSchedule
 from compatopt._rule import Hyper, RuleDef, build
 
@@ -25,8 +26,8 @@ def _dense(g, var, slots, hp: Hyper) -> LeafUpdate:
 def _sparse(values, indices, var, slots, hp: Hyper) -> LeafUpdate:
     # No de-duplication: each occurrence is scatter-added in input order (spec §3.1).
     step = N.mul(-values, hp.cast("learning_rate", values.dtype))
-    value = var.at[indices].add(step, mode="drop")
-    update = jnp.zeros_like(var).at[indices].add(step, mode="drop")
+    value = S.scatter_add(jnp.asarray(var), indices, step)
+    update = S.scatter_add(jnp.zeros_like(var), indices, step)
     return LeafUpdate(slots={}, value=value, update=update)
 
 

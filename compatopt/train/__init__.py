@@ -21,6 +21,8 @@ from compatopt.train.optimizers import (
     ProximalGradientDescentOptimizer as ProximalGradientDescentOptimizer,
     RMSPropOptimizer as RMSPropOptimizer)
 
+from compatopt.train.cross_shard import (CrossShardOptimizer as CrossShardOptimizer,
+                                          shard_map as shard_map)
 from compatopt.train.learning_rate_decay import (
     cosine_decay as cosine_decay, cosine_decay_restarts as cosine_decay_restarts,
     exponential_decay as exponential_decay, inverse_time_decay as inverse_time_decay,

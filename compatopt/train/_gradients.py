@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from compatopt._base import IndexedSlices
-from compatopt._variable import Frame, Variable, peek
+from compatopt._variable import Frame, Variable, get_default_graph, peek
 
 _guesses: "dict[Any, list]" = {}
 
@@ -101,8 +101,9 @@ def value_and_grads(loss_fn: Callable, var_list: Optional[List[Variable]] = None
         plan: list = []
     else:
         dense, plan = _guesses.get(key, ([], []))
-        dense = [v for v in (r() for r in dense) if v is not None]
-        plan = [(r(), s) for r, s in plan if r() is not None]
+        graph = get_default_graph()  # a plan from an earlier graph names stale variables
+        dense = [v for v in (r() for r in dense) if v is not None and v.graph is graph]
+        plan = [(r(), s) for r, s in plan if r() is not None and r().graph is graph]
     for _ in range(3):
         loss, grads, frame, calls, writes = _run(loss_fn, dense, plan, grad_loss)
         if explicit:

@@ -28,6 +28,15 @@ from compatopt._variable import Variable
 from compatopt.train._slots import create_slot
 from compatopt.train.optimizer import Optimizer
 
+
+def _placement(v: Variable):
+    """The variable's NamedSharding (slots are created with it), or None."""
+    stored = v._stored
+    if not _numerics.is_concrete(stored) or jax.sharding.get_abstract_mesh().manual_axes:
+        return None
+    sharding = getattr(stored, "sharding", None)
+    return sharding if isinstance(sharding, jax.sharding.NamedSharding) else None
+
 _HOOKS = ("_create_slots", "_prepare", "_apply_dense", "_resource_apply_dense",
           "_apply_sparse", "_resource_apply_sparse", "_apply_sparse_duplicate_indices",
           "_resource_apply_sparse_duplicate_indices", "_finish", "_apply_updates")
@@ -121,19 +130,23 @@ class RuleOptimizer(Optimizer):
         self._dyn = {k: self._resolve(k, self._args[k]) for k in self._dynamic_keys()}
 
     def _create_slots(self, var_list) -> None:
-        names = self._non_slot_names()
+        names = [n for n in self._non_slot_names() if self._get_non_slot_variable(n) is None]
         if names:
             dyn = {k: self._resolve(k, self._args[k]) for k in self._dynamic_keys()}
+            first = min(var_list, key=lambda v: v.name)
+            place = _placement(first)
             with jax.ensure_compile_time_eval():
                 init = self._build(dyn).init([])
-            first = min(var_list, key=lambda v: v.name)
+                if place is not None:  # replicated on the first variable's mesh
+                    rep = jax.sharding.NamedSharding(place.mesh, jax.sharding.PartitionSpec())
+                    init = jax.tree_util.tree_map(lambda x: jax.device_put(x, rep), init)
             for n in names:
                 self._create_non_slot_variable(getattr(init, n), n, first)
         for v in var_list:
             for slot_name, init_fn in self._meta.definition.slots:
                 named = self._slot_dict(slot_name)
                 if v not in named:
-                    spec = jax.ShapeDtypeStruct(v.shape, v.dtype)
+                    spec = jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=_placement(v))
                     named[v] = create_slot(v, lambda f=init_fn, s=spec: f(s),
                                            self._slot_op_name(slot_name))
 

@@ -148,8 +148,6 @@ def test_sparse_apply_on_row_sharded_embedding(name):
     _sparse_case(name, "auto")
 
 
-@pytest.mark.xfail(reason="compatopt/_sparse.py gathers/scatters without out_sharding, which "
-                          "Explicit-axis meshes require (ShardingTypeError); use Auto axes")
 @pytest.mark.parametrize("name", ["adam", "adagrad", "gradient_descent"])
 def test_sparse_apply_explicit_axes(name):
     _sparse_case(name, "explicit")

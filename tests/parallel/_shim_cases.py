@@ -283,9 +283,6 @@ def test_sharded_variables_keep_their_sharding_across_function_steps(axis_type):
         np.testing.assert_allclose(_values(v)[k], _values(w)[k], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.xfail(reason="the shim creates slots from ShapeDtypeStruct(shape, dtype) without "
-                          "the variable's sharding: whole on one device until the first "
-                          "compiled step re-places them (patch in the parallel report)")
 def test_slots_are_created_with_the_variable_sharding():
     mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
     sh = NamedSharding(mesh, P(None, "model"))
