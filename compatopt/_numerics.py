@@ -36,13 +36,22 @@ FLOAT_DTYPES = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.f
 LOW_PRECISION = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
 
 
+@jax.custom_jvp
 def opaque(x: jax.Array) -> jax.Array:
-    """Returns ``x`` unchanged, bit for bit, hidden from XLA's and LLVM's rewrites."""
+    """Returns ``x`` unchanged, bit for bit, hidden from XLA's and LLVM's rewrites.
+
+    Differentiable as the identity (the integer bitcasts have no derivative of their own).
+    """
     x = jnp.asarray(x)
     uint = _UINT_OF_WIDTH[x.dtype.itemsize]
     bits = lax.bitcast_convert_type(x, uint)
     all_ones = jnp.asarray(np.iinfo(uint).max, uint)
     return lax.bitcast_convert_type(bits | (bits == all_ones).astype(uint), x.dtype)
+
+
+@opaque.defjvp
+def _opaque_jvp(primals, tangents):
+    return opaque(primals[0]), tangents[0]
 
 
 def runtime_zero(count: jax.Array) -> jax.Array:
@@ -56,12 +65,22 @@ def runtime_zero(count: jax.Array) -> jax.Array:
     return lax.shift_right_logical(count.astype(jnp.uint32), jnp.uint32(31))
 
 
+@jax.custom_jvp
 def hide(x: jax.Array, zero: jax.Array) -> jax.Array:
-    """``x`` with ``zero`` (from :func:`runtime_zero`) OR-ed into its bits: unchanged."""
+    """``x`` with ``zero`` (from :func:`runtime_zero`) OR-ed into its bits: unchanged.
+
+    Differentiable as the identity in ``x``.
+    """
     x = jnp.asarray(x)
     uint = _UINT_OF_WIDTH[x.dtype.itemsize]
     bits = lax.bitcast_convert_type(x, uint) | zero.astype(uint)
     return lax.bitcast_convert_type(bits, x.dtype)
+
+
+@hide.defjvp
+def _hide_jvp(primals, tangents):
+    x, zero = primals
+    return hide(x, zero), tangents[0]
 
 
 def mul(a: jax.Array, b: jax.Array) -> jax.Array:

@@ -224,10 +224,6 @@ def test_xla_flushes_subnormal_arithmetic_but_opaque_does_not():
     assert _bits(jax.jit(N.opaque)(sub)) == _bits(sub)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: opaque() goes through integer bitcasts, which have no derivative, so jax.grad "
-    "through every guarded operation is silently 0; fix: make opaque (and hide) a "
-    "jax.custom_jvp whose tangent is passed through unchanged"))
 def test_opaque_is_transparent_to_differentiation():
     """The module docstring promises that the guards work under ``grad``: the derivative
     of ``mul(x, 3)`` must be 3, not silently 0."""

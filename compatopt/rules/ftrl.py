@@ -42,7 +42,7 @@ def _prepare(hp: Hyper, count) -> dict:
     return {"l2_adjusted": l2 + N.div(beta, two * jnp.maximum(lr, jnp.asarray(1e-36, lr.dtype)))}
 
 
-def _make_kernels(shrinkage: bool, exact_sqrt: Optional[bool]):
+def _make_kernels(shrinkage: bool, exact_sqrt: Optional[bool], constructor_args: dict):
     def terms(g, var, accum, linear, hp: Hyper):
         T = g.dtype
         lr = hp.cast("learning_rate", T)
@@ -73,7 +73,9 @@ def _make_kernels(shrinkage: bool, exact_sqrt: Optional[bool]):
                                   "l1 regularization strength is not a non-negative scalar"),
                                  ("l2_regularization_strength", lambda v: v >= 0,
                                   "l2 regularization strength is not a non-negative scalar")):
-            require(cond, name, hp[name], f"Ftrl: {text}: %s", InvalidArgumentError)
+            # Python floats are tracers inside jit: check the constructor's value as well.
+            for value in (constructor_args[name], hp[name]):
+                require(cond, name, value, f"Ftrl: {text}: %s", InvalidArgumentError)
         accum = S.gather(slots["accum"], rows)
         linear = S.gather(slots["linear"], rows)
         v = S.gather(var, rows)
@@ -144,22 +146,26 @@ def ftrl(learning_rate: float, learning_rate_power: float = -0.5,
                 l2_regularization_strength=l2_regularization_strength,
                 l2_shrinkage_regularization_strength=l2_shrinkage_regularization_strength,
                 beta=beta)
-    for name, value in (("initial_accumulator_value", initial_accumulator_value),
+    for name, value in (("initial_accumulator_value", initial_accumulator_value),  # TF1 order
+                        ("learning_rate_power", learning_rate_power),
                         ("l1_regularization_strength", l1_regularization_strength),
                         ("l2_regularization_strength", l2_regularization_strength),
                         ("l2_shrinkage_regularization_strength",
                          l2_shrinkage_regularization_strength)):
         x = _concrete_float(value)
-        if x is not None and not x >= 0:
+        if name == "learning_rate_power":
+            if x is not None and not x <= 0:
+                raise ValueError(f"learning_rate_power {x:f} needs to be negative or zero")
+        elif x is not None and not x >= 0:
             raise ValueError(f"{name} {x:f} needs to be positive or zero")
     x = _concrete_float(learning_rate_power)
-    if x is not None and not x <= 0:
-        raise ValueError(f"learning_rate_power {x:f} needs to be negative or zero")
     beta = 0.0 if beta is None else beta
     exact_sqrt = None if x is None else bool(np.float32(x) == np.float32(-0.5))
     shrink = _concrete_float(l2_shrinkage_regularization_strength)
     shrinkage = shrink is None or shrink > 0
-    dense, sparse = _make_kernels(shrinkage, exact_sqrt)
+    dense, sparse = _make_kernels(shrinkage, exact_sqrt, {
+        "learning_rate": learning_rate, "l1_regularization_strength": l1_regularization_strength,
+        "l2_regularization_strength": l2_regularization_strength})
     rd = RuleDef(
         name="Ftrl",
         state_type=FtrlState,

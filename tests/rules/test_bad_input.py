@@ -216,11 +216,6 @@ def test_ftrl_zero_values_are_allowed():
     co.ftrl(0.1, learning_rate_power=0.0, initial_accumulator_value=0.0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core divergence from TF1: FtrlOptimizer checks learning_rate_power right after "
-    "initial_accumulator_value, before l1/l2/l2_shrinkage (TF 2.21 raises 'learning_rate_power "
-    "0.500000 needs to be negative or zero' here); compatopt/rules/ftrl.py checks it last; "
-    "fix: move the learning_rate_power check to second place"))
 def test_ftrl_check_order_matches_tf1():
     with pytest.raises(ValueError, match="^learning_rate_power 0.500000"):
         co.ftrl(0.1, learning_rate_power=0.5, l1_regularization_strength=-1.0)
@@ -264,12 +259,6 @@ def test_ftrl_sparse_kernel_checks_lr(lr):
                   "lr is not a positive scalar", jit=False)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: the FTRL sparse kernel checks (rules/ftrl.py, sparse(): require(..., hp[name])) "
-    "look at the converted hyper-parameters; inside a jit trace jax 0.10 turns even a "
-    "Python-float constant into a tracer, so the check is skipped and a negative lr is "
-    "applied; fix: check the constructor values (rd.hyperparams, concrete Python floats) "
-    "at trace time, e.g. pass them to the kernel or run the check in _step before tracing"))
 @pytest.mark.parametrize("lr", [-0.1, math.nan])
 def test_ftrl_sparse_kernel_checks_lr_under_jit(lr):
     rule, sparse, params = _ftrl_sparse_case(lr)
@@ -329,13 +318,6 @@ def test_out_of_range_index_under_jit_is_dropped(spec):
     assert_trees_bitwise_equal(got, want)
 
 
-_NEG_BUG = (
-    "core bug: under jit a negative sparse index wraps around (row -1 is the last row, "
-    "jnp .at[] semantics) instead of being dropped like the other out-of-range indices "
-    "(TF1 raises 'indices[k] = -1 is not in [0, n)'); see tests/test_sparse.py for the fix")
-
-
-@pytest.mark.xfail(strict=True, reason=_NEG_BUG)
 @pytest.mark.parametrize("spec_id", ["gradient_descent", "adagrad", "adam"])
 def test_negative_index_under_jit_is_dropped(spec_id):
     spec = next(s for s in RULES if s.id == spec_id)
