@@ -11,6 +11,9 @@ from compatopt import errors as errors
 from compatopt import schedules as schedules
 from compatopt._base import (ArrayTree as ArrayTree, IndexedSlices as IndexedSlices,
                              Rule as Rule, Schedule as Schedule, apply_updates as apply_updates)
+from compatopt._multi_tensor import (FlatParams as FlatParams, MultiTensorRule as MultiTensorRule,
+                                     flatten_params as flatten_params,
+                                     multi_tensor as multi_tensor)
 from compatopt.rules import (AdadeltaState as AdadeltaState, AdagradDAState as AdagradDAState,
                              AdagradState as AdagradState, AdamState as AdamState,
                              FtrlState as FtrlState,
