@@ -189,7 +189,7 @@ def _eval_rounding(jaxpr, consts, args):
         env[v] = a
     for eqn in jaxpr.eqns:
         invals = [read(v) for v in eqn.invars]
-        inner = eqn.params.get("jaxpr")
+        inner = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))  # jit, custom_jvp
         if inner is not None and hasattr(inner, "jaxpr") and hasattr(inner, "consts"):
             outs = _eval_rounding(inner.jaxpr, inner.consts, invals)
         else:
