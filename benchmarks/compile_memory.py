@@ -1,7 +1,7 @@
 """Compile time and peak memory of one step, per pytree shape, each in a fresh process.
 
 A fresh process per (implementation, shape) so that the peak resident memory
-(``ru_maxrss``) is that compile's and nothing else's. Reported: the first-call time (trace,
+(``VmHWM``) is that compile's and nothing else's. Reported: the first-call time (trace,
 lower, compile, one step), host peak RSS and RSS growth over the arrays themselves, and
 XLA's buffer sizes for the step (with donation the step must hold no second copy of the
 parameters or slots: ``peak - arguments`` is what it adds).
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -24,10 +23,18 @@ import time
 IMPLS = ("compatopt", "multi_tensor", "flat", "optax")
 
 
+def _status_mb(field: str) -> float:
+    """``VmRSS`` / ``VmHWM`` (peak) of this process in MiB. Not ``ru_maxrss``: Linux carries
+    that over ``fork`` + ``exec``, so a child would report its parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return _status_mb("VmRSS")
 
 
 def probe(impl: str, rule_name: str, leaves: int, size: int, dtype: str) -> dict:
@@ -67,7 +74,7 @@ def probe(impl: str, rule_name: str, leaves: int, size: int, dtype: str) -> dict
     params, state = compiled(params, state, grads)
     jax.block_until_ready((params, state))
     t4 = time.perf_counter()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM")
     return {"impl": impl, "rule": rule_name, "leaves": leaves, "size": size, "dtype": dtype,
             "trace_s": t1 - t0, "lower_s": t2 - t1, "compile_s": t3 - t2,
             "first_step_s": t4 - t3, "total_s": t4 - t0, "peak_rss_mb": peak,

@@ -68,13 +68,21 @@ def _load_cache(stamp: dict) -> dict:
 
 
 def _save_cache(stamp: dict, result: dict, big_leaves: int) -> None:
-    cache = {"machine": _machine_key(stamp), "date": stamp["date"], "update": {}, "compile": []}
+    """Keeps this run's 10,000-leaf per-leaf / optax / multi_tensor numbers for default runs
+    (merged into the existing cache: a ``--full --cases`` subset refreshes only its cases)."""
+    cache = _load_cache(stamp) or {"machine": _machine_key(stamp), "update": {}, "compile": []}
+    cache["date"] = stamp["date"]
+    keep = ("compatopt", "optax", "multi_tensor")
     for row in result.get("update", []):
         if row["leaves"] == big_leaves:
-            cache["update"][row["case"]] = {k: v for k, v in row["candidates"].items()
-                                            if k in ("compatopt", "optax", "multi_tensor")}
-    cache["compile"] = [p for p in result.get("compile", []) if p.get("leaves") == big_leaves
-                        and p["impl"] in ("compatopt", "optax", "multi_tensor")]
+            entries = {k: dict(v, date=stamp["date"][:10]) for k, v in row["candidates"].items()
+                       if k in keep and not v.get("cached")}
+            cache["update"].setdefault(row["case"], {}).update(entries)
+    new = [dict(p, date=stamp["date"][:10]) for p in result.get("compile", [])
+           if p.get("leaves") == big_leaves and p["impl"] in keep and not p.get("cached")]
+    done = {(p["impl"], p["leaves"]) for p in new}
+    cache["compile"] = [p for p in cache.get("compile", [])
+                        if (p["impl"], p["leaves"]) not in done] + new
     os.makedirs(os.path.dirname(CACHE), exist_ok=True)
     with open(CACHE, "w") as f:
         json.dump(cache, f, indent=1)
@@ -89,7 +97,7 @@ def _merge_cache(result: dict, cache: dict) -> None:
         cached = cache.get("update", {}).get(row["case"], {})
         for impl, entry in cached.items():
             if impl not in row["candidates"]:
-                row["candidates"][impl] = dict(entry, cached=date)
+                row["candidates"][impl] = dict(entry, cached=entry.get("date", date))
         opt = row["candidates"].get("optax")
         if opt and opt.get("cached"):
             for impl, c in row["candidates"].items():
@@ -99,16 +107,17 @@ def _merge_cache(result: dict, cache: dict) -> None:
     have = {(p["impl"], p["leaves"]) for p in result.get("compile", [])}
     for p in cache.get("compile", []):
         if (p["impl"], p["leaves"]) not in have:
-            result.setdefault("compile", []).append(dict(p, cached=date))
+            result.setdefault("compile", []).append(dict(p, cached=p.get("date", date)))
 
 
 def _compile_plan(quick: bool, full: bool) -> list:
     from benchmarks import _cases
     one, mid, many = _cases.QUICK_SHAPES if quick else _cases.FULL_SHAPES
-    plan = [("compatopt", one), ("optax", one)]
-    plan += [(impl, mid) for impl in ("compatopt", "multi_tensor", "flat", "optax")]
+    plan = [("compatopt", one), ("optax", one)] if (quick or full) else []
+    plan += [(impl, mid) for impl in ("compatopt", "flat", "optax")]
     plan += [(impl, many) for impl in (("flat", "multi_tensor", "compatopt", "optax")
-                                       if full or quick else ("flat",))]
+                                       if full else ("flat", "multi_tensor") if quick
+                                       else ("flat",))]
     return plan
 
 
@@ -122,6 +131,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per case")
+    parser.add_argument("--cases", default=None,
+                        help="regex: only update cases / compile probes whose key matches, "
+                             "e.g. 'adam .* 10K'")
     parser.add_argument("--tf-python", default=None,
                         help="interpreter with TensorFlow for the TF1 columns")
     parser.add_argument("--no-progress", action="store_true")
@@ -139,6 +151,11 @@ def main(argv=None) -> int:
               "default", "rounds": rounds}
     cases = update_only.plan(args.quick, args.full) if "update" in sections else []
     probes = _compile_plan(args.quick, args.full) if "compile" in sections else []
+    if args.cases:
+        import re
+        pattern = re.compile(args.cases)
+        cases = [c for c in cases if pattern.search(c.key)]
+        probes = [(i, s) for i, s in probes if pattern.search(f"adam {i} {s.label}")]
     tf_python = _tf_python(args.tf_python) if "tf1" in sections else None
     total = (len(cases) + len(probes) + ("roofline" in sections) + ("mlp" in sections)
              + (tf_python is not None))
@@ -175,6 +192,8 @@ def main(argv=None) -> int:
         cmd = [tf_python, "-m", "benchmarks.tf1_bench", "--out", args.out]
         if args.quick:
             cmd.append("--quick")
+        if args.full:
+            cmd.append("--full")
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         try:
             with open(os.path.join(args.out, "tf1.json")) as f:

@@ -128,8 +128,9 @@ def _shim_candidates(x, y) -> list:
         if mode == "co_function":
             @co.function
             def train_step(opt=opt, loss_fn=loss_fn):
+                loss = loss_fn()  # before the update: XLA shares it with minimize's forward
                 opt.minimize(loss_fn)
-                return loss_fn()
+                return loss
 
             def run(train_step=train_step):
                 jax.block_until_ready(train_step())

@@ -50,7 +50,7 @@ from compatopt import _numerics, _rule
 from compatopt._base import ArrayTree, IndexedSlices, Rule, is_grad_leaf
 from compatopt.errors import InvalidArgumentError
 
-DEFAULT_MAX_LEAF_SIZE = 1 << 16
+DEFAULT_MAX_LEAF_SIZE = 1 << 13
 """Leaves with more elements than this keep their own buffer (see ``benchmarks/``)."""
 
 _MAX_GROUP = (1 << 31) - 1  # int32 offsets
@@ -415,9 +415,11 @@ class FlatParams:
         return f"FlatParams({[f'{b.dtype}{list(b.shape)}' for b in self.buffers]})"
 
 
-def flatten_params(params: ArrayTree, max_leaf_size: int = DEFAULT_MAX_LEAF_SIZE
-                   ) -> FlatParams:
-    """``params`` as a :class:`FlatParams` (one buffer per dtype group; big leaves alone).
+def flatten_params(params: ArrayTree, max_leaf_size: Optional[int] = None) -> FlatParams:
+    """``params`` as a :class:`FlatParams`: one buffer per (dtype, sharding) group.
+
+    Unlike :func:`multi_tensor` there is no per-step copy in or out, so by default every
+    leaf joins its group whatever its size (``max_leaf_size`` keeps bigger leaves alone).
 
     Concrete arrays are concatenated on the host (no XLA compile of a 10,000-operand
     concatenation); inside a trace with ``lax.concatenate``.
@@ -434,7 +436,7 @@ def flatten_params(params: ArrayTree, max_leaf_size: int = DEFAULT_MAX_LEAF_SIZE
       (2, 2)
     """
     flat_p, treedef = jax.tree_util.tree_flatten(params)
-    plan = _plan(flat_p, int(max_leaf_size))
+    plan = _plan(flat_p, _MAX_GROUP if max_leaf_size is None else int(max_leaf_size))
     buffers = []
     concrete = all(_numerics.is_concrete(p) for p in flat_p)
     for grp in plan:

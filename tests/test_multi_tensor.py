@@ -6,6 +6,8 @@ multi-tensor layout must not change a single bit of params, slots or optax updat
 
 from __future__ import annotations
 
+import zlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,7 +60,7 @@ def _params(low_precision: bool, scalar: bool = True):
 
 def _grads(params, step: int):
     def leaf(path, p):
-        k = hash((jax.tree_util.keystr(path), step)) % 1000
+        k = zlib.crc32(f"{jax.tree_util.keystr(path)}/{step}".encode()) % 1000
         g = np.sin(np.arange(p.size, dtype=np.float64) * 0.7 + k) * 0.5
         return jnp.asarray(g.reshape(p.shape), p.dtype)
 
