@@ -222,6 +222,18 @@ def markdown(result: dict) -> str:
                   f"({'NumPy, blocked, in place' if result['stamp']['backend'] == 'cpu' else 'one jitted multi-output kernel'}); "
                   "'of floor' = floor time / step time (100 % = at the memory roofline).", ""]
     lines += targets(result)
+    if result.get("anatomy"):
+        lines += ["### Anatomy: the passes over memory XLA emits for one big leaf", "",
+                  "| rule | floor B/param | " + " | ".join(
+                      IMPL_SHORT[k] for k in ("compatopt", "noguard", "optax")) + " |",
+                  "| --- | ---: | --- | --- | --- |"]
+        for a in result["anatomy"]:
+            cells = [f"{a[k]['loops']} loops, {a[k]['bytes_per_param']} B" if k in a else ""
+                     for k in ("compatopt", "noguard", "optax")]
+            lines.append(f"| {a['rule']} | {a['floor_bytes_per_param']} | " + " | ".join(cells)
+                         + " |")
+        lines += ["", "(From the compiled HLO: each fusion over the leaf is one pass; its "
+                  "leaf-sized operands are reads, its result a write.)", ""]
     ups = [x for x in result.get("update", []) if x.get("section") == "update"]
     if ups:
         lines += update_table(ups, "Update only (interleaved with optax and the floor kernel)")

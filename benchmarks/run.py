@@ -35,7 +35,7 @@ from benchmarks import _report  # noqa: E402
 from benchmarks._harness import Progress, machine_stamp  # noqa: E402
 
 CACHE = os.path.join(HERE, "results", "cache.json")
-SECTIONS = ("roofline", "update", "compile", "mlp", "tf1")
+SECTIONS = ("roofline", "anatomy", "update", "compile", "mlp", "tf1")
 
 
 def _tf_python(arg):
@@ -166,6 +166,11 @@ def main(argv=None) -> int:
         n = (1 << 24) if args.quick else (1 << 26)
         result["roofline"] = dict(_roofline.stream(n, rounds), n=n)
         progress.step("roofline")
+
+    if "anatomy" in sections:
+        from benchmarks._anatomy import anatomy
+        progress.note("anatomy: the loops XLA emits")
+        result["anatomy"] = [anatomy(r, 1 << 20) for r in ("adam", "momentum", "sgd", "rmsprop")]
 
     if cases:
         result["update"] = []
