@@ -263,11 +263,11 @@ def plot(result: dict, path: str) -> Optional[str]:
         return None
     rows = [x for x in result.get("update", [])
             if x["dtype"] == "float32" and x["donate"] and x.get("section") == "update"]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [3, 1]})
+    fig, axes = plt.subplots(1, 2, figsize=(16, 6), gridspec_kw={"width_ratios": [3, 1]})
     ax = axes[0]
     labels, series = [], {k: [] for k in IMPL_ORDER}
     for r in rows:
-        labels.append(f"{r['rule']}\n{r['shape']}")
+        labels.append(f"{r['rule']} {r['shape']}")
         for k in IMPL_ORDER:
             c = r["candidates"].get(k)
             series[k].append(c["of_floor"]["median"] * 100 if c else 0)
@@ -278,11 +278,11 @@ def plot(result: dict, path: str) -> Optional[str]:
         ax.bar(xs, series[k], width, label=IMPL_SHORT[k])
     ax.axhline(100, color="k", lw=0.8, ls="--")
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))])
-    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_xticklabels(labels, fontsize=7, rotation=50, ha="right")
     ax.set_ylabel("% of the floor kernel (higher is better)")
     ax.set_yscale("log")
-    ax.set_title("Update only, float32, donated")
-    ax.legend(fontsize=8)
+    ax.set_title("Update only, float32, donated", pad=28)
+    ax.legend(fontsize=8, ncol=6, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     ax2 = axes[1]
     mlp = result.get("mlp")
     if mlp:
