@@ -121,6 +121,18 @@ def _compile_plan(quick: bool, full: bool) -> list:
     return plan
 
 
+def _rerender(out: str) -> int:
+    with open(os.path.join(out, "results.json")) as f:
+        result = json.load(f)
+    if result.get("mode") == "default":
+        _merge_cache(result, _load_cache(result["stamp"]))
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(_report.markdown(result))
+    _report.plot(result, os.path.join(out, "results.png"))
+    print(f"re-rendered {out}/results.md, results.png", file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="about one minute")
@@ -136,8 +148,15 @@ def main(argv=None) -> int:
                              "e.g. 'adam .* 10K'")
     parser.add_argument("--tf-python", default=None,
                         help="interpreter with TensorFlow for the TF1 columns")
+    parser.add_argument("--impls", default=None,
+                        help="comma-separated subset of implementations to time, e.g. "
+                             "flat,multi_tensor (10,000-leaf per-leaf compiles need > 13 GB)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--report-only", action="store_true",
+                        help="re-render results.md/png from --out's results.json (and the cache)")
     args = parser.parse_args(argv)
+    if args.report_only:
+        return _rerender(args.out)
     sections = set(args.sections.split(","))
     rounds = args.rounds or (3 if args.quick else 7)
 
@@ -156,6 +175,12 @@ def main(argv=None) -> int:
         pattern = re.compile(args.cases)
         cases = [c for c in cases if pattern.search(c.key)]
         probes = [(i, s) for i, s in probes if pattern.search(f"adam {i} {s.label}")]
+    if args.impls:
+        import dataclasses
+        keep = set(args.impls.split(","))
+        cases = [dataclasses.replace(c, candidates=tuple(x for x in c.candidates if x in keep))
+                 for c in cases]
+        probes = [(i, s) for i, s in probes if i in keep]
     tf_python = _tf_python(args.tf_python) if "tf1" in sections else None
     total = (len(cases) + len(probes) + ("roofline" in sections) + ("mlp" in sections)
              + (tf_python is not None))
