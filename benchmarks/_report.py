@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+OPTAX_10K_REFERENCE = {"of_floor": 0.06, "ms": 264, "compile_s": "194-240", "peak_gb": 13}
+
 IMPL_ORDER = ("compatopt", "multi_tensor", "flat", "noguard", "optax", "optax_flat")
 IMPL_SHORT = {"compatopt": "compatopt", "multi_tensor": "co.multi_tensor",
               "flat": "co on FlatParams", "noguard": "Adam no guards*", "optax": "optax",
@@ -179,6 +181,20 @@ def targets(result: dict) -> list:
             speed = 1.0 / c["vs_optax"]["median"]
             add(f"{r['rule']} {r['shape']} {IMPL_SHORT[impl]}: ≥ 10× faster than optax"
                 + (" (optax cached)" if opt.get("cached") else ""), f"{speed:.1f}×", speed >= 10)
+    # Not re-measured by default (minutes of compile, > 13 GB): the issue's own numbers for
+    # optax Adam at 10,000 x 1.6K on this kind of 2-core CPU, compared through the floor.
+    if result["stamp"]["backend"] == "cpu":
+        for r in rows:
+            if (r["leaves"] == 10_000 and r["rule"] == "adam" and r["dtype"] == "float32"
+                    and r["donate"] and "optax" not in r["candidates"]):
+                for impl in ("flat", "multi_tensor"):
+                    c = r["candidates"].get(impl)
+                    if c:
+                        speed = c["of_floor"]["median"] / OPTAX_10K_REFERENCE["of_floor"]
+                        add(f"adam {r['shape']} {IMPL_SHORT[impl]}: ≥ 10× faster than optax "
+                            f"(optax: the issue's {OPTAX_10K_REFERENCE['of_floor']:.2f} of floor, "
+                            f"{OPTAX_10K_REFERENCE['ms']} ms)", f"{speed:.1f}× (via the floor)",
+                            speed >= 10)
     for p in result.get("compile", []):
         if p.get("leaves") == big and "error" not in p and p["impl"] in ("multi_tensor", "flat"):
             add(f"{p['leaves']} leaves {IMPL_SHORT[p['impl']]}: compile < 5 s, < 2 GB memory",
