@@ -276,3 +276,87 @@ def test_is_concrete():
     seen = []
     jax.jit(lambda x: seen.append(N.is_concrete(x)) or x)(jnp.ones(2))
     assert seen == [False]
+
+
+# ------------------------------------------------------------------ bfloat16 on carriers
+
+BF16 = ml_dtypes.bfloat16
+
+
+def _f32_patterns() -> np.ndarray:
+    """Random float32 bit patterns plus ties, NaNs with low-bit payloads, near-overflow."""
+    rng = np.random.RandomState(21)
+    pats = rng.randint(0, 2 ** 32, size=100_000, dtype=np.uint64).astype(np.uint32)
+    ties = (rng.randint(0, 2 ** 16, size=2_000).astype(np.uint32) << 16) | np.uint32(0x8000)
+    extra = np.asarray([0x7F800001, 0xFF800001, 0x7FBFFFFF, 0x7FC12345, 0xFFFFFFFF, 0x7FFFFFFF,
+                        0x7F7FFFFF, 0x7F7F8000, 0xFF7F8000, 0x00008000, 0x00018000, 0x80000000,
+                        0x3F808000, 0x3F818000], np.uint32)
+    return np.concatenate([pats, ties, extra])
+
+
+@pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jit"])
+def test_round_to_bfloat16_is_eigens_conversion(jitted):
+    """Against ml_dtypes' float32 -> bfloat16 cast (Eigen's ``float_to_bfloat16_rtne``, what
+    TF1 uses): ties to even, overflow to inf, subnormals kept, NaN -> 0x7fc0/0xffc0."""
+    pats = _f32_patterns()
+    fn = jax.jit(N.round_to_bfloat16) if jitted else N.round_to_bfloat16
+    with np.errstate(invalid="ignore"):
+        want = pats.view(np.float32).astype(BF16).view(np.uint16)
+    got = _bits(fn(jnp.asarray(pats.view(np.float32))))
+    assert (got & np.uint32(0xFFFF)).max() == 0  # a bfloat16 value held in float32
+    bad = np.flatnonzero((got >> np.uint32(16)).astype(np.uint16) != want)
+    assert bad.size == 0, f"{hex(int(pats[bad[0]]))} -> {hex(int(got[bad[0]]))}"
+
+
+def _bf16_chain(a, b, c, s, mul=N.mul, div=N.div):
+    """A kernel-like chain: products into sums, a division by a broadcast scalar, a root,
+    a select, a cast of a float32 hyper-parameter."""
+    lr = jnp.asarray(np.float32(0.1)).astype(a.dtype)
+    m = a + mul(b - a, lr)
+    v = div(mul(b, b) + c, s)
+    out = jnp.where(m > 0, m - div(m, jnp.sqrt(jnp.abs(v)) + lr), -m)
+    return jnp.maximum(out, c), v
+
+
+def _bf16_chain_numpy(a, b, c, s):
+    """The same chain in NumPy bfloat16: ml_dtypes computes each ufunc in float32 and
+    rounds its result, one operation at a time (TF1's per-op rounding, spec §1.2)."""
+    lr = np.float32(0.1).astype(BF16)
+    m = a + (b - a) * lr
+    v = (b * b + c) / s
+    out = np.where(m > 0, m - m / (np.sqrt(np.abs(v)) + lr), -m)
+    return np.maximum(out, c), v
+
+
+@pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jit"])
+def test_round_every_op_bfloat16_matches_per_op_rounding(jitted):
+    a, b, c = (_rand(s, 5_000).astype(BF16) for s in (22, 23, 24))
+    s = np.float32(3.0).astype(BF16)
+    fn = N.round_every_op(_bf16_chain)
+    fn = jax.jit(fn) if jitted else fn
+    got = fn(*(jnp.asarray(x) for x in (a, b, c, s)))
+    want = _bf16_chain_numpy(a, b, c, s)
+    for g, w in zip(got, want):
+        assert np.asarray(g).dtype == BF16
+        assert _mismatches(np.asarray(g), w) == 0
+    # (XLA:CPU 0.10 happens to keep every bfloat16 conversion of a plain chain too; its
+    # float16 chains and other backends may drop them as excess precision, which the
+    # carriers do not depend on.)
+
+
+def test_round_every_op_bfloat16_keeps_nan_and_inf():
+    """NaN and inf inputs: TF1's NaN results are NaN (the canonical 0x7fc0/0xffc0 for
+    canonical inputs), infinities stay infinite."""
+    vals = np.asarray([np.nan, -np.nan, np.inf, -np.inf, 1.0, 0.0], BF16)
+    a = jnp.asarray(vals)
+    b = jnp.asarray(np.asarray([1.0, 2.0, -1.0, 1.0, np.inf, 0.0], BF16))
+    fn = jax.jit(N.round_every_op(lambda x, y: (x * y + y, jnp.sqrt(x) - y, x / y)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        want = (vals * np.asarray(b) + np.asarray(b), np.sqrt(vals) - np.asarray(b),
+                vals / np.asarray(b))
+    for g, w in zip(fn(a, b), want):
+        g = np.asarray(g)
+        assert np.array_equal(np.isnan(g), np.isnan(w))
+        assert np.array_equal(g[~np.isnan(w)], w[~np.isnan(w)])
+        assert np.array_equal(_bits(g)[np.isnan(w)] & np.uint16(0x7FFF),
+                              np.full(int(np.isnan(w).sum()), 0x7FC0, np.uint16))
