@@ -220,6 +220,13 @@ def _optax_update(p: jax.Array, out: LeafUpdate) -> jax.Array:
 def build(rd: RuleDef) -> Rule:
     """Assembles ``init``, ``apply`` and ``update`` for one TF1 rule."""
     slot_names = tuple(name for name, _ in rd.slots)
+
+    # One trace per (shape, dtype) of dense leaf instead of one per leaf: a model's many
+    # same-shaped leaves (and every later step's retrace) reuse it. XLA inlines the call.
+    @jax.jit
+    def dense_leaf(g, p, slots, hp, zero):
+        return _run_leaf(rd, g, p, slots, Hyper(hp), zero)
+
     non_slot_names = tuple(rd.non_slots(Hyper({k: v for k, v in rd.hyperparams.items()
                                                if v is not None})).keys())
 
@@ -275,7 +282,10 @@ def build(rd: RuleDef) -> Rule:
                 for s in slot_names:
                     new_s[s].append(slots[s])
                 continue
-            out = _run_leaf(rd, g, p, slots, hp, zero)
+            if isinstance(g, IndexedSlices):
+                out = _run_leaf(rd, g, p, slots, hp, zero)
+            else:
+                out = dense_leaf(g, p, slots, dict(hp), zero)
             if want_updates:
                 updates.append(_optax_update(p, out))
             else:
