@@ -19,7 +19,7 @@ import json
 import os
 import secrets
 import zipfile
-from typing import Dict, Mapping, Tuple
+from typing import IO, Callable, Dict, Mapping, Tuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -71,6 +71,25 @@ def create_temp(path: str) -> tuple:
             continue
 
 
+def atomic_write(path: str, mode: str, writer: Callable[[IO], None]) -> None:
+    """Runs ``writer(file)`` on a temporary file next to ``path``, syncs it and renames it
+    over ``path``: a reader sees the old file or the whole new one, never a part; on any
+    error the temporary file is removed and ``path`` is untouched."""
+    fd, tmp = create_temp(path)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            writer(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def write(prefix: str, tensors: Mapping[str, np.ndarray]) -> str:
     """Writes ``tensors`` (``{tf1_name: array}``) atomically to ``<prefix>.npz``.
 
@@ -88,28 +107,18 @@ def write(prefix: str, tensors: Mapping[str, np.ndarray]) -> str:
         index["tensors"][name] = {"dtype": a.dtype.name, "shape": list(a.shape)}
         arrays[name] = _storable(a)
     path = data_file(prefix)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = create_temp(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED,
-                                 allowZip64=True) as zf:
-                for name, a in arrays.items():
-                    with zf.open(name + ".npy", "w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, a, allow_pickle=False)
-                blob = np.frombuffer(json.dumps(index).encode("utf-8"), np.uint8)
-                with zf.open(INDEX + ".npy", "w") as member:
-                    np.lib.format.write_array(member, blob, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
+
+    def write_zip(f) -> None:
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, a in arrays.items():
+                with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, a, allow_pickle=False)
+            blob = np.frombuffer(json.dumps(index).encode("utf-8"), np.uint8)
+            with zf.open(INDEX + ".npy", "w") as member:
+                np.lib.format.write_array(member, blob, allow_pickle=False)
+
+    atomic_write(path, "wb", write_zip)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
     return path
 
 

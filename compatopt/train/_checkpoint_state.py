@@ -132,19 +132,7 @@ def write_state(save_dir: str, model_checkpoint_path: str, all_paths: List[str],
     lines = [f'model_checkpoint_path: "{_escape(latest)}"']
     lines += [f'all_model_checkpoint_paths: "{_escape(p)}"' for p in all_paths]
     path = os.path.join(save_dir, latest_filename or DEFAULT_FILENAME)
-    fd, tmp = fmt.create_temp(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
+    fmt.atomic_write(path, "w", lambda f: f.write("\n".join(lines) + "\n"))
 
 
 def checkpoint_exists(checkpoint_prefix: str) -> bool:
