@@ -177,26 +177,10 @@ class CrossShardOptimizer(Optimizer):
             grads_and_vars = tuple(zip(grads, [v for _, v in grads_and_vars]))
         return self._opt.apply_gradients(grads_and_vars, global_step, name)
 
-    def minimize(self, loss: Callable, global_step: Optional[Variable] = None,
-                 var_list: Optional[list] = None, gate_gradients: int = Optimizer.GATE_OP,
-                 aggregation_method: Any = None, colocate_gradients_with_ops: bool = False,
-                 name: Optional[str] = None, grad_loss: Any = None) -> Operation:
-        """``compute_gradients`` (scaled) then ``apply_gradients`` (reduced), as TF1."""
-
-        def step():
-            gvs = self.compute_gradients(
-                loss, var_list=var_list, gate_gradients=gate_gradients,
-                aggregation_method=aggregation_method,
-                colocate_gradients_with_ops=colocate_gradients_with_ops, grad_loss=grad_loss)
-            if not [v for g, v in gvs if g is not None]:
-                raise ValueError(
-                    "No gradients provided for any variable, check your graph for ops that "
-                    "do not support gradients, between variables %s and loss %s."
-                    % ([str(v) for _, v in gvs], loss))
-            self.apply_gradients(gvs, global_step=global_step, name=name)
-
-        step()
-        return Operation(name or self._name, step)
+    def _apply_for_minimize(self, grads_and_vars, global_step, name) -> None:
+        """``minimize`` = ``compute_gradients`` (scaled) then ``apply_gradients`` (reduced),
+        as TF1."""
+        self.apply_gradients(grads_and_vars, global_step=global_step, name=name)
 
     # -------------------------------------------------------------- delegation
     def get_slot(self, *args: Any, **kwargs: Any):

@@ -118,10 +118,14 @@ class Optimizer(SlotsMixin):
                     "No gradients provided for any variable, check your graph for ops that "
                     "do not support gradients, between variables %s and loss %s."
                     % ([str(v) for _, v in gvs], loss))
-            self._apply(gvs, global_step, name)
+            self._apply_for_minimize(gvs, global_step, name)
 
         step()
         return Operation(name or self._name, step)
+
+    def _apply_for_minimize(self, grads_and_vars, global_step, name) -> None:
+        """How ``minimize`` applies its gradients (a wrapper reduces them first)."""
+        self._apply(grads_and_vars, global_step, name)
 
     # ---------------------------------------------------------------------- apply
     def apply_gradients(self, grads_and_vars, global_step: Optional[Variable] = None,
