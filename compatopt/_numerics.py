@@ -65,6 +65,25 @@ def runtime_zero(count: jax.Array) -> jax.Array:
     return lax.shift_right_logical(count.astype(jnp.uint32), jnp.uint32(31))
 
 
+def initial_count(params_leaves: list) -> jax.Array:
+    """The apply count's first value, int32 0, as a value XLA cannot fold when it is traced.
+
+    Built eagerly (the usual ``state = rule.init(params)`` outside the step) it is a plain
+    ``0``. Built inside a ``jit`` trace (``jit(lambda p: rule.apply(g, rule.init(p), p))``)
+    a literal ``0`` would be folded, and with it :func:`runtime_zero` and every input
+    :func:`hide` derives from it; so it is computed from the first floating-point
+    parameter's first element ``x``: ``int32(x * 0.0)`` is 0 for every ``x`` (±0, or NaN
+    for ±inf/NaN, which the conversion maps to 0), but a float multiply by zero is not an
+    identity either XLA or LLVM may fold (NaN and the sign of zero).
+    """
+    for leaf in params_leaves:
+        if (isinstance(leaf, jax.core.Tracer) and jnp.size(leaf) > 0
+                and jnp.issubdtype(leaf.dtype, jnp.floating)):
+            x = leaf[(0,) * leaf.ndim]  # no reshape: fine for explicitly sharded leaves
+            return lax.convert_element_type(x * jnp.zeros((), x.dtype), jnp.int32)
+    return jnp.zeros((), jnp.int32)
+
+
 @jax.custom_jvp
 def hide(x: jax.Array, zero: jax.Array) -> jax.Array:
     """``x`` with ``zero`` (from :func:`runtime_zero`) OR-ed into its bits: unchanged.
@@ -199,8 +218,12 @@ def _eval_rounding(jaxpr, consts, args):
             if eqn.primitive.name not in _STRUCTURAL:
                 outs = [opaque(o) if jnp.dtype(o.dtype) in LOW_PRECISION else o for o in outs]
         for v, o in zip(eqn.outvars, outs):
+            if v in outputs:
+                stored[v] = _store(o)
+                o = lax.convert_element_type(stored[v], _F32)
             env[v] = o
-    return [read(v) for v in jaxpr.outvars]
+    return [stored[v] if v in stored else read(v) for v in jaxpr.outvars] if outputs else \
+        [read(v) for v in jaxpr.outvars]
 
 
 # --------------------------------------------------------------------------- bfloat16
@@ -255,9 +278,10 @@ def _round_result(x: jax.Array) -> jax.Array:
     On CPUs the NaN test is left out: a NaN result there is an operand's NaN (a carrier,
     whose low 16 bits are zero) or the hardware's default NaN (``0xffc00000`` on x86,
     ``0x7fc00000`` on Arm), and adding the rounding bias to low bits of zero cannot carry,
-    so it stays that NaN. It keeps a non-canonical payload of a NaN *input* where TF1 writes
-    ``0x7fc0``/``0xffc0``. GPUs' default NaN ``0x7fffffff`` would round to ``-0.0``, so other
-    platforms keep the full rounding.
+    so it stays that NaN. A non-canonical payload of a NaN *input* survives into later
+    operations (as it does in TF1's float32 arithmetic); what is stored goes through
+    :func:`_store`, which writes ``0x7fc0``/``0xffc0`` as TF1 does. GPUs' default NaN
+    ``0x7fffffff`` would round to ``-0.0``, so other platforms keep the full rounding.
     """
     return lax.platform_dependent(x, cpu=_round_cpu_result, default=round_to_bfloat16)
 
@@ -297,9 +321,30 @@ def _convert_to_bf16(x: jax.Array) -> jax.Array:
     return _carrier(x.astype(_BF16))
 
 
-def _eval_bf16(jaxpr, consts, args):
-    """Evaluates ``jaxpr`` with bfloat16 values held as float32 carriers, rounding each."""
+def _store_on_cpu(c: jax.Array) -> jax.Array:
+    # XLA:CPU's float32 -> bfloat16 convert rounds to nearest even and writes a NaN as
+    # sign | 0x7fc0, as Eigen does; exact here since ``c`` is already rounded.
+    return lax.convert_element_type(c, _BF16)
+
+
+def _store(c: jax.Array) -> jax.Array:
+    """A rounded carrier as the bfloat16 array it stands for."""
+    return lax.platform_dependent(c, cpu=_store_on_cpu, default=_real_bf16)
+
+
+def _eval_bf16(jaxpr, consts, args, stored=None):
+    """Evaluates ``jaxpr`` with bfloat16 values held as float32 carriers, rounding each.
+
+    ``stored`` (top level only): ``{var: real bfloat16}`` filled for the bfloat16 results
+    that are also outputs, and later operations read those back from the stored value
+    (converted to float32, exact). Otherwise XLA:CPU, which has no multi-output fusion,
+    fuses a copy of the whole computation of e.g. Adam's new ``m`` into the loop that
+    updates ``p`` (the carrier chain looks cheap to duplicate), reading the old slots after
+    their donated buffers were overwritten, and so adds a full copy of each slot per step.
+    """
     env = {}
+    outputs = frozenset(v for v in jaxpr.outvars if not isinstance(v, jax.extend.core.Literal)
+                        and _is_bf16(v)) if stored is not None else frozenset()
 
     def read(v):
         if isinstance(v, jax.extend.core.Literal):
@@ -353,8 +398,12 @@ def _eval_bf16(jaxpr, consts, args):
         if not isinstance(outs, (list, tuple)):
             outs = [outs]
         for v, o in zip(eqn.outvars, outs):
+            if v in outputs:
+                stored[v] = _store(o)
+                o = lax.convert_element_type(stored[v], _F32)
             env[v] = o
-    return [read(v) for v in jaxpr.outvars]
+    return [stored[v] if v in stored else read(v) for v in jaxpr.outvars] if outputs else \
+        [read(v) for v in jaxpr.outvars]
 
 
 def round_every_op(fn):
@@ -376,8 +425,10 @@ def round_every_op(fn):
         jaxpr = closed_jaxpr.jaxpr
         if any(_is_bf16(v) for v in jaxpr.invars):
             carriers = [_carrier(a) if _is_bf16(v) else a for v, a in zip(jaxpr.invars, flat)]
-            outs = _eval_bf16(jaxpr, closed_jaxpr.consts, carriers)
-            outs = [_real_bf16(o) if _is_bf16(v) else o for v, o in zip(jaxpr.outvars, outs)]
+            stored = {}
+            outs = _eval_bf16(jaxpr, closed_jaxpr.consts, carriers, stored)
+            outs = [o if v in stored else _real_bf16(o) if _is_bf16(v) else o
+                    for v, o in zip(jaxpr.outvars, outs)]
         else:
             outs = _eval_rounding(jaxpr, closed_jaxpr.consts, flat)
         return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), outs)

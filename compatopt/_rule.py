@@ -232,7 +232,7 @@ def build(rd: RuleDef) -> Rule:
 
     def concrete_init(params: ArrayTree):
         hp = _resolve(rd, jnp.zeros((), jnp.int32))
-        fields = {"count": jnp.zeros((), jnp.int32)}
+        fields = {"count": _numerics.initial_count(jax.tree_util.tree_leaves(params))}
         fields.update(rd.non_slots(hp))
         for name, init_fn in rd.slots:
             fields[name] = jax.tree_util.tree_map(init_fn, params)

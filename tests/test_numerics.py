@@ -360,3 +360,54 @@ def test_round_every_op_bfloat16_keeps_nan_and_inf():
         assert np.array_equal(g[~np.isnan(w)], w[~np.isnan(w)])
         assert np.array_equal(_bits(g)[np.isnan(w)] & np.uint16(0x7FFF),
                               np.full(int(np.isnan(w).sum()), 0x7FC0, np.uint16))
+
+
+def test_round_every_op_bfloat16_stores_nan_payloads_canonically():
+    """A NaN input with a payload: every stored bfloat16 result is sign | 0x7fc0 (Eigen's
+    float_to_bfloat16_rtne), also one that later operations read again."""
+    bits = np.asarray([0x7F81, 0xFF81, 0x7FFF, 0xFFC1], np.uint16)
+    a = jnp.asarray(bits.view(BF16))
+    b = jnp.asarray(np.ones(4, BF16))
+
+    def fn(x, y):
+        s = x * y
+        return s, s + y
+
+    for out in jax.jit(N.round_every_op(fn))(a, b):
+        got = _bits(np.asarray(out))
+        assert np.array_equal(got & np.uint16(0x7FFF), np.full(4, 0x7FC0, np.uint16))
+        assert np.array_equal(got >> 15, bits >> 15)
+
+
+def test_round_every_op_bfloat16_reads_outputs_back_without_slot_copies():
+    """Adam on bfloat16 under jit with donation: three passes like float32, no whole-array
+    copy of the donated slots (XLA:CPU would otherwise fuse the new ``m``/``v`` computation
+    into the parameter loop and keep the old slots alive)."""
+    import compatopt as co
+
+    rule = co.adam(0.001)
+    p = [jnp.zeros(4096, jnp.bfloat16)]
+    state = rule.init(p)
+    step = jax.jit(lambda p, s, g: rule.apply(g, s, p), donate_argnums=(0, 1))
+    hlo = step.lower(p, state, p).compile().as_text()
+    entry = hlo[hlo.index("ENTRY"):]
+    assert " copy(" not in "\n".join(l for l in entry.splitlines() if "bf16[4096]" in l)
+
+
+@pytest.mark.parametrize("first", [0.0, -0.0, 1.5, -3e38, np.inf, -np.inf, np.nan])
+def test_initial_count_is_zero_and_not_a_compile_time_constant_under_jit(first):
+    """``rule.init`` inside a ``jit``: the count is 0 for every first parameter value, and it
+    is computed from the parameter (a folded literal would let XLA fold every guard)."""
+    p = jnp.array([first, 2.0], jnp.float32)
+    eager = N.initial_count([p])
+    assert eager.dtype == jnp.int32 and int(eager) == 0
+    jitted = jax.jit(lambda p: N.initial_count([p]))
+    assert int(jitted(p)) == 0
+    hlo = jitted.lower(p).compile().as_text()
+    assert "multiply" in hlo and "parameter(0)" in hlo
+    assert jax.vmap(lambda p: N.initial_count([p]))(jnp.stack([p, p])).tolist() == [0, 0]
+
+
+def test_initial_count_without_float_parameters_is_a_plain_zero():
+    count = jax.jit(lambda p: N.initial_count([p]))(jnp.arange(3))
+    assert count.dtype == jnp.int32 and int(count) == 0

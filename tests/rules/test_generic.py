@@ -28,15 +28,7 @@ _BIG = {"w": (32, 8), "b": (24,)}
 
 # Cases that fail because of a bug in the functional core, per suite: {kind: {id: reason}}.
 # Each is a strict xfail, so fixing the core turns it into a failure that asks for removal.
-_CONST_BUG = (
-    "core bug: _rule._run_leaf hides the kernel inputs behind runtime_zero(count), which is a "
-    "constant when the state is built inside the same jit (count = 0 folded), so a closed-over "
-    "gradient and the fresh slots are constants again and XLA re-associates/strength-reduces "
-    "the FTRL and ProximalAdagrad arithmetic; fix: derive the zero from a runtime value that "
-    "is always there, e.g. OR in (bits(p.ravel()[0]) == ~0) from the parameter itself")
-KNOWN_BUGS: dict = {
-    "init_in_jit": {"ftrl": _CONST_BUG, "ftrl_reg": _CONST_BUG, "proximal_adagrad": _CONST_BUG},
-}
+KNOWN_BUGS: dict = {}
 
 
 def _marked(cases, kind: str, ids=case_id) -> list:
