@@ -218,12 +218,8 @@ def _eval_rounding(jaxpr, consts, args):
             if eqn.primitive.name not in _STRUCTURAL:
                 outs = [opaque(o) if jnp.dtype(o.dtype) in LOW_PRECISION else o for o in outs]
         for v, o in zip(eqn.outvars, outs):
-            if v in outputs:
-                stored[v] = _store(o)
-                o = lax.convert_element_type(stored[v], _F32)
             env[v] = o
-    return [stored[v] if v in stored else read(v) for v in jaxpr.outvars] if outputs else \
-        [read(v) for v in jaxpr.outvars]
+    return [read(v) for v in jaxpr.outvars]
 
 
 # --------------------------------------------------------------------------- bfloat16
