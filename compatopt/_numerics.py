@@ -274,9 +274,10 @@ def _round_result(x: jax.Array) -> jax.Array:
     On CPUs the NaN test is left out: a NaN result there is an operand's NaN (a carrier,
     whose low 16 bits are zero) or the hardware's default NaN (``0xffc00000`` on x86,
     ``0x7fc00000`` on Arm), and adding the rounding bias to low bits of zero cannot carry,
-    so it stays that NaN. A non-canonical payload of a NaN *input* survives into later
-    operations (as it does in TF1's float32 arithmetic); what is stored goes through
-    :func:`_store`, which writes ``0x7fc0``/``0xffc0`` as TF1 does. GPUs' default NaN
+    so it stays that NaN. A non-canonical payload of a NaN *input* survives (as it does in
+    TF1's float32 arithmetic) where TF1's rounding writes ``0x7fc0``/``0xffc0``: outputs
+    that later operations read are stored through :func:`_store`, which canonicalises as
+    TF1 does, the others (e.g. the update ``delta``) may keep the payload. GPUs' default NaN
     ``0x7fffffff`` would round to ``-0.0``, so other platforms keep the full rounding.
     """
     return lax.platform_dependent(x, cpu=_round_cpu_result, default=round_to_bfloat16)
@@ -332,15 +333,18 @@ def _eval_bf16(jaxpr, consts, args, stored=None):
     """Evaluates ``jaxpr`` with bfloat16 values held as float32 carriers, rounding each.
 
     ``stored`` (top level only): ``{var: real bfloat16}`` filled for the bfloat16 results
-    that are also outputs, and later operations read those back from the stored value
-    (converted to float32, exact). Otherwise XLA:CPU, which has no multi-output fusion,
+    that are outputs *and* read by later operations, which read them back from the stored
+    value (converted to float32, exact). Otherwise XLA:CPU, which has no multi-output fusion,
     fuses a copy of the whole computation of e.g. Adam's new ``m`` into the loop that
     updates ``p`` (the carrier chain looks cheap to duplicate), reading the old slots after
     their donated buffers were overwritten, and so adds a full copy of each slot per step.
     """
     env = {}
-    outputs = frozenset(v for v in jaxpr.outvars if not isinstance(v, jax.extend.core.Literal)
-                        and _is_bf16(v)) if stored is not None else frozenset()
+    outputs = frozenset()
+    if stored is not None:
+        read_later = {v for e in jaxpr.eqns for v in e.invars
+                      if not isinstance(v, jax.extend.core.Literal)}
+        outputs = frozenset(v for v in jaxpr.outvars if v in read_later and _is_bf16(v))
 
     def read(v):
         if isinstance(v, jax.extend.core.Literal):
