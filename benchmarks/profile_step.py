@@ -166,7 +166,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller shapes, fewer steps")
     ap.add_argument("--rules", default="adam,momentum")
-    ap.add_argument("--out", default=None, help="markdown path (default results/profile-<backend>.md)")
+    ap.add_argument("--out", default=None,
+                    help="markdown path (default results/profile-<backend>.md)")
     args = ap.parse_args(argv)
     big = _cases.Shape(1, 4_096_000 if args.quick else 16_384_000)
     many = _cases.Shape(100 if args.quick else 1000, 16_384)

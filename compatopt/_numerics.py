@@ -14,9 +14,9 @@ need to *see* the producing operation. :func:`opaque` hides a value behind an in
 identity that no compiler proves is the identity: ``bitcast(bits | (bits == ~0))``. The
 comparison is 1 only for the all-ones pattern, whose lowest bit is already set, so every
 bit pattern (NaN payloads included) is returned unchanged, and the ``fmul``/``fsqrt``
-feeding the next ``fadd``/``fdiv`` is no longer visible to the pattern matchers. It costs one compare and one OR per element, works per computation (no
-global flag), under ``jit``, ``vmap``, ``grad`` and inside a user's larger jitted step, on CPU
-and GPU alike.
+feeding the next ``fadd``/``fdiv`` is no longer visible to the pattern matchers. It costs
+one compare and one OR per element, works per computation (no global flag), under ``jit``,
+``vmap``, ``grad`` and inside a user's larger jitted step, on CPU and GPU alike.
 """
 
 from __future__ import annotations
@@ -333,17 +333,22 @@ def _eval_bf16(jaxpr, consts, args, stored=None):
     """Evaluates ``jaxpr`` with bfloat16 values held as float32 carriers, rounding each.
 
     ``stored`` (top level only): ``{var: real bfloat16}`` filled for the bfloat16 results
-    that are outputs *and* read by later operations, which read them back from the stored
-    value (converted to float32, exact). Otherwise XLA:CPU, which has no multi-output fusion,
-    fuses a copy of the whole computation of e.g. Adam's new ``m`` into the loop that
-    updates ``p`` (the carrier chain looks cheap to duplicate), reading the old slots after
-    their donated buffers were overwritten, and so adds a full copy of each slot per step.
+    that are outputs *and* read again (by later operations, or output twice), which read
+    them back from the stored value (converted to float32, exact). Otherwise XLA:CPU,
+    which has no multi-output fusion, fuses a copy of the whole computation of e.g. Adam's
+    new ``m`` into the loop that updates ``p`` (the carrier chain looks cheap to
+    duplicate), reading the old slots after their donated buffers were overwritten, and so
+    adds a full copy of each slot per step.
     """
     env = {}
     outputs = frozenset()
     if stored is not None:
+        out_vars = [v for v in jaxpr.outvars if not isinstance(v, jax.extend.core.Literal)]
+        # Read again: by a later operation, or by two consumers outside (RMSProp's ``mom``
+        # is both a slot and the update).
         read_later = {v for e in jaxpr.eqns for v in e.invars
                       if not isinstance(v, jax.extend.core.Literal)}
+        read_later |= {v for v in out_vars if out_vars.count(v) > 1}
         outputs = frozenset(v for v in jaxpr.outvars if v in read_later and _is_bf16(v))
 
     def read(v):

@@ -379,13 +379,19 @@ def test_round_every_op_bfloat16_stores_nan_payloads_canonically():
         assert np.array_equal(got >> 15, bits >> 15)
 
 
-def test_round_every_op_bfloat16_reads_outputs_back_without_slot_copies():
-    """Adam on bfloat16 under jit with donation: three passes like float32, no whole-array
-    copy of the donated slots (XLA:CPU would otherwise fuse the new ``m``/``v`` computation
-    into the parameter loop and keep the old slots alive)."""
+# Not FTRL: its linear update reads the old and the new accumulator, so XLA:CPU (no
+# multi-output fusion) copies the old one in float32 as well.
+@pytest.mark.parametrize("make", ["adam", "momentum", "rmsprop", "rmsprop_centered",
+                                  "adagrad", "adadelta", "gradient_descent"])
+def test_round_every_op_bfloat16_reads_outputs_back_without_slot_copies(make):
+    """bfloat16 under jit with donation: no whole-array copy of a donated slot (XLA:CPU
+    would otherwise fuse the new ``m``/``v`` computation into the parameter loop, which then
+    reads the old slots after their buffers were overwritten)."""
     import compatopt as co
 
-    rule = co.adam(0.001)
+    special = {"rmsprop_centered": lambda: co.rmsprop(0.01, centered=True),
+               "momentum": lambda: co.momentum(0.01, 0.9)}
+    rule = special.get(make, lambda: getattr(co, make)(0.01))()
     p = [jnp.zeros(4096, jnp.bfloat16)]
     state = rule.init(p)
     step = jax.jit(lambda p, s, g: rule.apply(g, s, p), donate_argnums=(0, 1))
