@@ -379,25 +379,40 @@ def test_round_every_op_bfloat16_stores_nan_payloads_canonically():
         assert np.array_equal(got >> 15, bits >> 15)
 
 
-# Not FTRL: its linear update reads the old and the new accumulator, so XLA:CPU (no
-# multi-output fusion) copies the old one in float32 as well.
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("make", ["adam", "momentum", "rmsprop", "rmsprop_centered",
-                                  "adagrad", "adadelta", "gradient_descent"])
-def test_round_every_op_bfloat16_reads_outputs_back_without_slot_copies(make):
-    """bfloat16 under jit with donation: no whole-array copy of a donated slot (XLA:CPU
-    would otherwise fuse the new ``m``/``v`` computation into the parameter loop, which then
-    reads the old slots after their buffers were overwritten)."""
+                                  "adagrad", "adadelta", "ftrl", "gradient_descent"])
+def test_jitted_donated_step_copies_no_slot_and_keeps_no_temporary(make, dtype):
+    """XLA:CPU has no multi-output fusion. Without care it fuses a copy of e.g. Adam's new
+    ``m`` computation into the parameter loop, which then reads the old slots after their
+    donated buffers were overwritten (a whole-array copy per slot, per step), or writes
+    shared square roots to fresh temporaries (page-faulted each step): bfloat16 outputs are
+    read back from their stored values, and Adadelta and FTRL recompute and order their
+    loops (``after``)."""
     import compatopt as co
 
     special = {"rmsprop_centered": lambda: co.rmsprop(0.01, centered=True),
                "momentum": lambda: co.momentum(0.01, 0.9)}
     rule = special.get(make, lambda: getattr(co, make)(0.01))()
-    p = [jnp.zeros(4096, jnp.bfloat16)]
+    n = 4096
+    p = [jnp.zeros(n, dtype)]
     state = rule.init(p)
     step = jax.jit(lambda p, s, g: rule.apply(g, s, p), donate_argnums=(0, 1))
-    hlo = step.lower(p, state, p).compile().as_text()
-    entry = hlo[hlo.index("ENTRY"):]
-    assert " copy(" not in "\n".join(l for l in entry.splitlines() if "bf16[4096]" in l)
+    compiled = step.lower(p, state, p).compile()
+    entry = compiled.as_text()[compiled.as_text().index("ENTRY"):]
+    assert " copy(" not in "\n".join(l for l in entry.splitlines() if f"[{n}]" in l)
+    if dtype == "float32":
+        assert compiled.memory_analysis().temp_size_in_bytes < n
+
+
+def test_after_is_the_identity_with_a_dependency():
+    bits = np.asarray([0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0x7FC00000, 0x3F800000],
+                      np.uint32)
+    x = jnp.asarray(bits.view(np.float32))
+    for dep in (x[::-1], -x, jnp.zeros_like(x)):
+        out = jax.jit(N.after)(x, dep)
+        assert np.array_equal(np.asarray(out).view(np.uint32), bits)
+    assert float(jax.grad(lambda v: N.after(v, 2.0 * v) * 3.0)(1.5)) == 3.0
 
 
 @pytest.mark.parametrize("first", [0.0, -0.0, 1.5, -3e38, np.inf, -np.inf, np.nan])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from compatopt import _numerics as N
 from compatopt import _sparse as S
@@ -33,9 +34,37 @@ def _rows(g, accum, accum_update, hp: Hyper):
     return delta, accum, accum_update
 
 
+def _dense_kernel(g, var, accum, accum_update, hp: Hyper):
+    """``_rows`` arranged for XLA:CPU, which has no multi-output fusion (same bits).
+
+    ``upd`` is computed twice, once in the loop that writes ``var`` and once in the loop
+    that writes ``accum_update``, instead of going through two memory temporaries (its
+    square roots), and the second loop reads the old ``accum_update`` through ``after`` the
+    new ``var``, so that it is scheduled second and the donated buffer needs no copy.
+    """
+    T = g.dtype
+    lr = hp.cast("learning_rate", T)
+    rho = hp.cast("rho", T)
+    eps = hp.cast("epsilon", T)
+    one_minus_rho = 1 - rho
+    accum = N.mul(accum, rho) + N.mul(g * g, one_minus_rho)
+    upd = N.opaque(N.sqrt(accum_update + eps) * N.rsqrt(accum + eps)) * g
+    delta = N.mul(upd, lr)
+    value = var - delta
+    old_update = N.after(accum_update, value)
+    upd_again = N.opaque(N.sqrt(old_update + eps) * N.rsqrt(N.opaque(accum) + eps)) * g
+    accum_update = N.mul(old_update, rho) + N.mul(upd_again * upd_again, one_minus_rho)
+    return delta, value, accum, accum_update
+
+
 def _dense(g, var, slots, hp: Hyper) -> LeafUpdate:
-    delta, accum, accum_update = _rows(g, slots["accum"], slots["accum_update"], hp)
-    return LeafUpdate(slots={"accum": accum, "accum_update": accum_update}, delta=delta)
+    if var.dtype == jnp.float16:  # float16's per-op evaluation keeps the plain order better
+        delta, accum, accum_update = _rows(g, slots["accum"], slots["accum_update"], hp)
+        return LeafUpdate(slots={"accum": accum, "accum_update": accum_update}, delta=delta)
+    delta, value, accum, accum_update = _dense_kernel(
+        g, var, slots["accum"], slots["accum_update"], hp)
+    return LeafUpdate(slots={"accum": accum, "accum_update": accum_update}, value=value,
+                      update=-delta)
 
 
 def _sparse(g, rows, var, slots, hp: Hyper) -> LeafUpdate:

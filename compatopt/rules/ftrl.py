@@ -56,13 +56,26 @@ def _make_kernels(shrinkage: bool, exact_sqrt: Optional[bool], constructor_args:
         new_accum = accum + N.mul(g, g)
         p_new = _power(new_accum, lr_power, T, exact_sqrt)
         p_old = _power(accum, lr_power, T, exact_sqrt)
-        y = N.div(p_new, lr) + N.mul(jnp.asarray(2, T), l2_adj)
+        # ``p_new`` again, from an opaque copy of ``new_accum``: the ``linear`` and the
+        # ``var`` loops each fuse their own root instead of XLA:CPU (no multi-output
+        # fusion) writing it to a temporary for both (same bits).
+        p_new_again = _power(N.opaque(new_accum), lr_power, T, exact_sqrt)
+        y = N.div(p_new_again, lr) + N.mul(jnp.asarray(2, T), l2_adj)
         return T, lr, l1, lr_power, gs, new_accum, p_new, p_old, y
 
     def dense(g, var, slots, hp: Hyper) -> LeafUpdate:
         accum, linear = slots["accum"], slots["linear"]
-        T, lr, l1, _, gs, new_accum, p_new, p_old, y = terms(g, var, accum, linear, hp)
+        T, lr, l1, lr_power, gs, _, _, p_old, _ = terms(g, var, accum, linear, hp)
+        # XLA:CPU has no multi-output fusion: the ``linear`` loop recomputes the new
+        # accumulator from the old one (same bits) instead of reading the new one, the
+        # loop writing the new accumulator in place is ordered after it (``after``, on an
+        # operand, so that the new value still ends in an add XLA does not duplicate), and
+        # the ``var`` loop reads the new one: the old accumulator needs no copy.
+        p_new = _power(N.opaque(accum) + N.mul(g, g), lr_power, T, exact_sqrt)
         linear = linear + (gs - N.mul(N.div(p_new - p_old, lr), var))
+        new_accum = N.after(accum, linear) + N.mul(g, g)
+        y = (N.div(_power(N.opaque(new_accum), lr_power, T, exact_sqrt), lr)
+             + N.mul(jnp.asarray(2, T), hp.cast("l2_adjusted", T)))
         x = N.mul(l1, N.sign(linear)) - linear
         value = jnp.where(jnp.abs(linear) > l1, N.div(x, y), jnp.zeros((), T))
         return LeafUpdate(slots={"accum": new_accum, "linear": linear}, value=value)
