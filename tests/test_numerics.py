@@ -381,14 +381,17 @@ def test_round_every_op_bfloat16_stores_nan_payloads_canonically():
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("make", ["adam", "momentum", "rmsprop", "rmsprop_centered",
-                                  "adagrad", "adadelta", "ftrl", "gradient_descent"])
+                                  "adagrad", "adadelta", "ftrl", "gradient_descent",
+                                  "adagrad_da", "proximal_gradient_descent",
+                                  "proximal_adagrad"])
 def test_jitted_donated_step_copies_no_slot_and_keeps_no_temporary(make, dtype):
     """XLA:CPU has no multi-output fusion. Without care it fuses a copy of e.g. Adam's new
     ``m`` computation into the parameter loop, which then reads the old slots after their
     donated buffers were overwritten (a whole-array copy per slot, per step), or writes
     shared square roots to fresh temporaries (page-faulted each step): bfloat16 outputs are
     read back from their stored values, and Adadelta and FTRL recompute and order their
-    loops (``after``)."""
+    loops (``after``); AdagradDA keeps ``var`` an input (``after``) so that donation pairs
+    the right buffers."""
     import compatopt as co
 
     special = {"rmsprop_centered": lambda: co.rmsprop(0.01, centered=True),
@@ -398,7 +401,10 @@ def test_jitted_donated_step_copies_no_slot_and_keeps_no_temporary(make, dtype):
     p = [jnp.zeros(n, dtype)]
     state = rule.init(p)
     step = jax.jit(lambda p, s, g: rule.apply(g, s, p), donate_argnums=(0, 1))
-    compiled = step.lower(p, state, p).compile()
+    try:
+        compiled = step.lower(p, state, p).compile()
+    except TypeError as e:  # TF1 has no kernel for this dtype
+        pytest.skip(str(e))
     entry = compiled.as_text()[compiled.as_text().index("ENTRY"):]
     assert " copy(" not in "\n".join(l for l in entry.splitlines() if f"[{n}]" in l)
     if dtype == "float32":

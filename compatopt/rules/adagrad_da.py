@@ -43,6 +43,10 @@ def _dense(g, var, slots, hp: Hyper) -> LeafUpdate:
     with_l1 = N.opaque((-lr) * N.sign(ga)) * jnp.maximum(jnp.abs(ga) - N.mul(t, l1), 0)
     without_l1 = (lr * ga) * jnp.asarray(-1, T)
     value = N.div(jnp.where(l1 > 0, with_l1, without_l1), den)
+    # TF1's new var does not read the old one; ``after`` keeps ``var`` an input of the step
+    # (``jit`` would drop it, and then pair the donated slots with the wrong outputs and
+    # copy them every step).
+    value = N.after(value, var)
     return LeafUpdate(slots={"gradient_accumulator": ga, "gradient_squared_accumulator": gg},
                       value=value)
 
