@@ -278,18 +278,20 @@ def round_to_bfloat16(x: jax.Array) -> jax.Array:
     becomes the quiet NaN ``0x7fc0`` with its sign.
     """
     bits = lax.bitcast_convert_type(x, jnp.uint32)
-    lsb = (bits >> 16) & jnp.uint32(1)
-    rounded = (bits + (jnp.uint32(0x7FFF) + lsb)) & jnp.uint32(0xFFFF0000)
     is_nan = (bits & jnp.uint32(0x7FFFFFFF)) > jnp.uint32(0x7F800000)
     nan = (bits & jnp.uint32(0x80000000)) | jnp.uint32(0x7FC00000)
-    return lax.bitcast_convert_type(jnp.where(is_nan, nan, rounded), jnp.float32)
+    return lax.bitcast_convert_type(jnp.where(is_nan, nan, _rne_bits(bits)), jnp.float32)
+
+
+def _rne_bits(bits: jax.Array) -> jax.Array:
+    """float32 bits rounded to the nearest bfloat16 (ties to even); NaNs not special-cased."""
+    lsb = (bits >> 16) & jnp.uint32(1)
+    return (bits + (jnp.uint32(0x7FFF) + lsb)) & jnp.uint32(0xFFFF0000)
 
 
 def _round_cpu_result(x: jax.Array) -> jax.Array:
-    bits = lax.bitcast_convert_type(x, jnp.uint32)
-    lsb = (bits >> 16) & jnp.uint32(1)
-    rounded = (bits + (jnp.uint32(0x7FFF) + lsb)) & jnp.uint32(0xFFFF0000)
-    return lax.bitcast_convert_type(rounded, jnp.float32)
+    bits = _rne_bits(lax.bitcast_convert_type(x, jnp.uint32))
+    return lax.bitcast_convert_type(bits, jnp.float32)
 
 
 def _round_result(x: jax.Array) -> jax.Array:
@@ -431,8 +433,7 @@ def _eval_bf16(jaxpr, consts, args, stored=None):
                 stored[v] = _store(o)
                 o = lax.convert_element_type(stored[v], _F32)
             env[v] = o
-    return [stored[v] if v in stored else read(v) for v in jaxpr.outvars] if outputs else \
-        [read(v) for v in jaxpr.outvars]
+    return [read(v) for v in jaxpr.outvars]
 
 
 def round_every_op(fn):
@@ -456,7 +457,7 @@ def round_every_op(fn):
             carriers = [_carrier(a) if _is_bf16(v) else a for v, a in zip(jaxpr.invars, flat)]
             stored = {}
             outs = _eval_bf16(jaxpr, closed_jaxpr.consts, carriers, stored)
-            outs = [o if v in stored else _real_bf16(o) if _is_bf16(v) else o
+            outs = [stored[v] if v in stored else _real_bf16(o) if _is_bf16(v) else o
                     for v, o in zip(jaxpr.outvars, outs)]
         else:
             outs = _eval_rounding(jaxpr, closed_jaxpr.consts, flat)

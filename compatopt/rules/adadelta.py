@@ -21,17 +21,29 @@ class AdadeltaState(NamedTuple):
     accum_update: ArrayTree
 
 
-def _rows(g, accum, accum_update, hp: Hyper):
+def _steps(g, accum, hp: Hyper):
+    """TF1's ``ApplyAdadelta`` in pieces: ``lr``, the new ``accum``, ``upd(accum_update,
+    accum)`` and ``next_update(accum_update, upd)``."""
     T = g.dtype
     lr = hp.cast("learning_rate", T)
     rho = hp.cast("rho", T)
     eps = hp.cast("epsilon", T)
     one_minus_rho = 1 - rho
     accum = N.mul(accum, rho) + N.mul(g * g, one_minus_rho)
-    upd = N.opaque(N.sqrt(accum_update + eps) * N.rsqrt(accum + eps)) * g
-    delta = N.mul(upd, lr)
-    accum_update = N.mul(accum_update, rho) + N.mul(upd * upd, one_minus_rho)
-    return delta, accum, accum_update
+
+    def upd(accum_update, accum):
+        return N.opaque(N.sqrt(accum_update + eps) * N.rsqrt(accum + eps)) * g
+
+    def next_update(accum_update, u):
+        return N.mul(accum_update, rho) + N.mul(u * u, one_minus_rho)
+
+    return lr, accum, upd, next_update
+
+
+def _rows(g, accum, accum_update, hp: Hyper):
+    lr, accum, upd, next_update = _steps(g, accum, hp)
+    u = upd(accum_update, accum)
+    return N.mul(u, lr), accum, next_update(accum_update, u)
 
 
 def _dense_kernel(g, var, accum, accum_update, hp: Hyper):
@@ -42,18 +54,11 @@ def _dense_kernel(g, var, accum, accum_update, hp: Hyper):
     square roots), and the second loop reads the old ``accum_update`` through ``after`` the
     new ``var``, so that it is scheduled second and the donated buffer needs no copy.
     """
-    T = g.dtype
-    lr = hp.cast("learning_rate", T)
-    rho = hp.cast("rho", T)
-    eps = hp.cast("epsilon", T)
-    one_minus_rho = 1 - rho
-    accum = N.mul(accum, rho) + N.mul(g * g, one_minus_rho)
-    upd = N.opaque(N.sqrt(accum_update + eps) * N.rsqrt(accum + eps)) * g
-    delta = N.mul(upd, lr)
+    lr, accum, upd, next_update = _steps(g, accum, hp)
+    delta = N.mul(upd(accum_update, accum), lr)
     value = var - delta
     old_update = N.after(accum_update, value)
-    upd_again = N.opaque(N.sqrt(old_update + eps) * N.rsqrt(N.opaque(accum) + eps)) * g
-    accum_update = N.mul(old_update, rho) + N.mul(upd_again * upd_again, one_minus_rho)
+    accum_update = next_update(old_update, upd(old_update, N.opaque(accum)))
     return delta, value, accum, accum_update
 
 
