@@ -31,10 +31,10 @@ from compatopt.rules import (AdadeltaState as AdadeltaState, AdagradDAState as A
 __version__ = "0.1.0"
 
 # --- compat shim (tf.compat.v1.train): Variable, collections, compiled steps -----------------
-from compatopt._variable import (Variable as Variable, global_variables as global_variables,
+from compatopt.train._variable import (Variable as Variable, global_variables as global_variables,
                                  reset_default_graph as reset_default_graph,
                                  trainable_variables as trainable_variables)
-from compatopt._function import function as function
+from compatopt.train._function import function as function
 from compatopt import train as train
 from compatopt import checkpoint as checkpoint
 from compatopt import parallel as parallel

@@ -30,18 +30,16 @@ in the last bit for 10-30 % of steps; compatopt follows eager mode.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import math
 from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.typing import ArrayLike
 
 from compatopt import _numerics as N
+from compatopt._numerics import tf_ops as T
 from compatopt.errors import InvalidArgumentError
 
 Schedule = Callable[[ArrayLike], jax.Array]
@@ -51,7 +49,6 @@ __all__ = ["exponential_decay", "natural_exp_decay", "inverse_time_decay", "poly
            "noisy_linear_cosine_decay", "piecewise_constant", "piecewise_constant_decay"]
 
 _PI = np.float32(math.pi)  # TF's ``constant_op.constant(math.pi)``: a float32 tensor.
-_UINT = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
 _TF_KERNEL_NAME = {"float32": "float", "float64": "double", "float16": "half"}
 
 
@@ -117,132 +114,6 @@ def _require_float32(dtype: Any) -> None:
             f"is a {got} tensor [Op:Mul]")
 
 
-# --------------------------------------------------------------------------- arithmetic
-# One rounding per operation, in the operands' dtype, hidden from XLA's rewrites. float16 and
-# bfloat16 compute in float32 and round back, as TF's kernels do (exact for + - * /).
-#
-# Hiding uses the bit pattern: ``bits(x) | (bits(x) == ~0)`` is the identity for every value
-# (the all-ones NaN already has its low bit set) and neither XLA nor LLVM folds it.
-# ``_numerics.opaque``'s ``x != x`` is folded away by XLA when ``x`` derives from a constant
-# or an iota (e.g. ``vmap`` over a constant ``arange`` of steps), which re-enables the
-# ``x / c -> x * (1 / c)`` rewrite.
-
-def _bits(x: jax.Array) -> jax.Array:
-    return lax.bitcast_convert_type(x, _UINT[x.dtype.itemsize])
-
-
-def _all_ones(x: jax.Array) -> jax.Array:
-    """``bits(x) == ~0`` (one NaN pattern), as 0/1 of ``x``'s unsigned type."""
-    uint = _UINT[x.dtype.itemsize]
-    return (_bits(x) == jnp.asarray(np.iinfo(uint).max, uint)).astype(uint)
-
-
-def _hide(x: jax.Array) -> jax.Array:
-    """``x`` unchanged, bit for bit, with its producing operation hidden from rewrites."""
-    return lax.bitcast_convert_type(_bits(x) | _all_ones(x), x.dtype)
-
-
-def _wide(x: jax.Array) -> jax.Array:
-    return x.astype(jnp.float32) if x.dtype in N.LOW_PRECISION else x
-
-
-def _add(a: jax.Array, b: jax.Array) -> jax.Array:
-    return _hide((_wide(a) + _wide(b)).astype(a.dtype))
-
-
-def _sub(a: jax.Array, b: jax.Array) -> jax.Array:
-    return _hide((_wide(a) - _wide(b)).astype(a.dtype))
-
-
-def _mul(a: jax.Array, b: jax.Array) -> jax.Array:
-    return _hide((_wide(a) * _wide(b)).astype(a.dtype))
-
-
-def _div(x: jax.Array, y: jax.Array) -> jax.Array:
-    """Correctly rounded ``x / y``, even for a constant or broadcast ``y`` under jit/vmap.
-
-    XLA rewrites a division by a constant or by a broadcast scalar into a multiplication by
-    the reciprocal. Making the divisor depend on ``x`` (``bits(y) | (bits(x) == ~0)``, an
-    identity unless ``x`` is that NaN, when the quotient is NaN anyway) keeps it a division.
-    """
-    dtype = x.dtype
-    x, y = jnp.broadcast_arrays(_wide(x), _wide(y))
-    y = lax.bitcast_convert_type(_bits(y) | _all_ones(x), y.dtype)
-    return _hide((x / y).astype(dtype))
-
-
-def _pow(x: jax.Array, y: jax.Array) -> jax.Array:
-    """C ``pow``: XLA:CPU calls the same glibc ``powf``/``pow`` as TF's scalar kernel.
-
-    XLA rewrites ``pow(x, C)`` for some constants (``C = 3`` becomes ``x * x * x``), so the
-    exponent is made to depend on ``x`` as in :func:`_div` (not when ``y == 0``, to keep
-    ``pow(NaN, 0) = 1``).
-    """
-    dtype = x.dtype
-    x, y = jnp.broadcast_arrays(_wide(x), _wide(y))
-    tie = _all_ones(x) & (y != 0).astype(_UINT[y.dtype.itemsize])
-    y = lax.bitcast_convert_type(_bits(y) | tie, y.dtype)
-    return _hide(jnp.power(x, y).astype(dtype))
-
-
-def _cos(x: jax.Array) -> jax.Array:
-    """C ``cosf`` (XLA:CPU calls glibc's, as TF's scalar kernel does)."""
-    return _hide(jnp.cos(_hide(x)))
-
-
-def _libm() -> Optional[ctypes.CDLL]:
-    path = ctypes.util.find_library("m")
-    try:
-        return ctypes.CDLL(path) if path else None
-    except OSError:
-        return None
-
-
-_LIBM = _libm()
-
-
-def _host_libm(name: str, x: np.ndarray) -> np.ndarray:
-    """``name``/``name + 'f'`` of the C library on a concrete scalar, with TF's DAZ/FTZ.
-
-    Falls back to NumPy in float64, rounded to ``x``'s dtype, when the C library cannot be
-    loaded.
-    """
-    x = np.asarray(x)
-    tiny = np.finfo(x.dtype).tiny
-    if x != 0 and abs(x) < tiny:
-        x = np.zeros_like(x)
-    c_type = ctypes.c_double if x.dtype == np.float64 else ctypes.c_float
-    fn = getattr(_LIBM, name if x.dtype == np.float64 else name + "f", None)
-    if fn is None:
-        with np.errstate(all="ignore"):
-            out = getattr(np, name)(x.astype(np.float64)).astype(x.dtype)
-    else:
-        fn.restype, fn.argtypes = c_type, [c_type]
-        out = np.asarray(fn(c_type(x.item())), dtype=x.dtype)
-    if out != 0 and abs(out) < tiny:
-        out = np.zeros_like(out)
-    return out
-
-
-def _transcendental(name: str, x: jax.Array) -> jax.Array:
-    """``exp``/``log`` of a scalar as glibc computes it, ``x`` in float16/32/64.
-
-    Concrete ``x``: the C library itself (exact). Traced ``x``: float32 (and the float32 step
-    of float16/bfloat16) is computed in float64 and rounded, which differs from glibc's
-    ``expf``/``logf`` by 1 ulp for ~0.1 % of inputs; XLA's float32 versions miss for ~5-10 %.
-    float64 ``log`` is glibc's; float64 ``exp`` is XLA's (1 ulp from glibc for ~14 % of inputs).
-    """
-    dtype = x.dtype
-    if N.is_concrete(x) and x.ndim == 0 and _is_float(dtype):
-        return jnp.asarray(_host_libm(name, np.asarray(_wide(x)))).astype(dtype)
-    fn = getattr(jnp, name)
-    if dtype == jnp.float64:
-        return _hide(fn(_hide(x)))
-    with jax.enable_x64(True):
-        wide = fn(_hide(_wide(x).astype(jnp.float64)))
-        return _hide(wide.astype(jnp.float32).astype(dtype))
-
-
 def _step(step: Any, dtype: Any) -> jax.Array:
     """``math_ops.cast(global_step, D)``."""
     return _cast(step, dtype)
@@ -286,10 +157,10 @@ def exponential_decay(learning_rate: ArrayLike, decay_steps: ArrayLike, decay_ra
     rate = _cast(decay_rate, dtype)
 
     def schedule(step: ArrayLike) -> jax.Array:
-        p = _div(_step(step, dtype), ds)
+        p = T.tf_div(_step(step, dtype), ds)
         if staircase:
             p = jnp.floor(p)
-        return _mul(lr, _pow(rate, p))
+        return T.tf_mul(lr, T.tf_pow(rate, p))
 
     return schedule
 
@@ -332,7 +203,7 @@ def natural_exp_rate(decay_rate: ArrayLike) -> jax.Array:
     In ``decay_rate``'s converted dtype (float32 for a Python float), with the C library's
     ``expf``/``exp`` when ``decay_rate`` is concrete.
     """
-    return _transcendental("exp", -_convert(decay_rate))
+    return T.tf_transcendental("exp", -_convert(decay_rate))
 
 
 def inverse_time_decay(learning_rate: ArrayLike, decay_steps: ArrayLike, decay_rate: ArrayLike,
@@ -366,10 +237,10 @@ def inverse_time_decay(learning_rate: ArrayLike, decay_steps: ArrayLike, decay_r
     one = jnp.ones((), dtype)
 
     def schedule(step: ArrayLike) -> jax.Array:
-        p = _div(_step(step, dtype), ds)
+        p = T.tf_div(_step(step, dtype), ds)
         if staircase:
             p = jnp.floor(p)
-        return _div(lr, _add(one, _mul(rate, p)))
+        return T.tf_div(lr, T.tf_add(one, T.tf_mul(rate, p)))
 
     return schedule
 
@@ -417,13 +288,13 @@ def polynomial_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
     def schedule(step: ArrayLike) -> jax.Array:
         s = _step(step, dtype)
         if cycle:
-            mult = jnp.where(s == 0, one, jnp.ceil(_div(s, ds_raw)))
-            ds_s = _mul(ds, mult)
+            mult = jnp.where(s == 0, one, jnp.ceil(T.tf_div(s, ds_raw)))
+            ds_s = T.tf_mul(ds, mult)
         else:
             s = jnp.minimum(s, ds)
             ds_s = ds
-        p = _div(s, ds_s)
-        return _add(_mul(_sub(lr, end), _pow(_sub(one, p), pw)), end)
+        p = T.tf_div(s, ds_s)
+        return T.tf_add(T.tf_mul(T.tf_sub(lr, end), T.tf_pow(T.tf_sub(one, p), pw)), end)
 
     return schedule
 
@@ -480,9 +351,9 @@ def cosine_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
 
     def schedule(step: ArrayLike) -> jax.Array:
         s = jnp.minimum(_step(step, dtype), ds)
-        f = _div(s, ds)
-        c = _mul(jnp.float32(0.5), _add(jnp.float32(1.0), _cos(_mul(_PI, f))))
-        return _mul(lr, _add(_mul(one_minus_alpha, c), alpha_d))
+        f = T.tf_div(s, ds)
+        c = T.tf_mul(jnp.float32(0.5), T.tf_add(jnp.float32(1.0), T.tf_cos(T.tf_mul(_PI, f))))
+        return T.tf_mul(lr, T.tf_add(T.tf_mul(one_minus_alpha, c), alpha_d))
 
     return schedule
 
@@ -533,41 +404,41 @@ def cosine_decay_restarts(learning_rate: ArrayLike, first_decay_steps: ArrayLike
     geometric_only = N.is_concrete(t) and bool(t != 1.0)
     constant_only = N.is_concrete(t) and bool(t == 1.0)
     if not constant_only:
-        log_t = _transcendental("log", t)
-        one_minus_t = _sub(one, t)
+        log_t = T.tf_transcendental("log", t)
+        one_minus_t = T.tf_sub(one, t)
 
     def schedule(step: ArrayLike) -> jax.Array:
-        f = _div(_step(step, dtype), fds)
+        f = T.tf_div(_step(step, dtype), fds)
         if not geometric_only:
             i_c = jnp.floor(f)
-            f_c = _sub(f, i_c)
+            f_c = T.tf_sub(f, i_c)
         if not constant_only:
-            log_arg = _sub(one, _mul(f, one_minus_t))
-            i_g = jnp.floor(_div(_transcendental("log", log_arg), log_t))
-            t_pow = _pow(t, i_g)
-            sum_r = _div(_sub(one, t_pow), one_minus_t)
-            f_g = _div(_sub(f, sum_r), t_pow)
+            log_arg = T.tf_sub(one, T.tf_mul(f, one_minus_t))
+            i_g = jnp.floor(T.tf_div(T.tf_transcendental("log", log_arg), log_t))
+            t_pow = T.tf_pow(t, i_g)
+            sum_r = T.tf_div(T.tf_sub(one, t_pow), one_minus_t)
+            f_g = T.tf_div(T.tf_sub(f, sum_r), t_pow)
         if geometric_only:
             i, f = i_g, f_g
         elif constant_only:
             i, f = i_c, f_c
         else:
             i, f = jnp.where(t == 1.0, i_c, i_g), jnp.where(t == 1.0, f_c, f_g)
-        c = _mul(_mul(jnp.float32(0.5), _pow(m, i)), _add(one, _cos(_mul(_PI, f))))
-        return _mul(lr, _add(_mul(_sub(one, alpha_d), c), alpha_d))
+        c = T.tf_mul(T.tf_mul(jnp.float32(0.5), T.tf_pow(m, i)), T.tf_add(one, T.tf_cos(T.tf_mul(_PI, f))))
+        return T.tf_mul(lr, T.tf_add(T.tf_mul(T.tf_sub(one, alpha_d), c), alpha_d))
 
     return schedule
 
 
 def _linear_cosine(lr: jax.Array, ds: jax.Array, s: jax.Array, num_periods: jax.Array,
                    alpha: jax.Array, beta: jax.Array, noise: Optional[jax.Array]) -> jax.Array:
-    lin = _div(_sub(ds, s), ds)
+    lin = T.tf_div(T.tf_sub(ds, s), ds)
     if noise is not None:
-        lin = _add(lin, noise)
-    f = _div(s, ds)
-    fr = _mul(_mul(jnp.float32(2.0), num_periods), f)
-    c = _mul(jnp.float32(0.5), _add(jnp.float32(1.0), _cos(_mul(_PI, fr))))
-    return _mul(lr, _add(_mul(_add(alpha, lin), c), beta))
+        lin = T.tf_add(lin, noise)
+    f = T.tf_div(s, ds)
+    fr = T.tf_mul(T.tf_mul(jnp.float32(2.0), num_periods), f)
+    c = T.tf_mul(jnp.float32(0.5), T.tf_add(jnp.float32(1.0), T.tf_cos(T.tf_mul(_PI, fr))))
+    return T.tf_mul(lr, T.tf_add(T.tf_mul(T.tf_add(alpha, lin), c), beta))
 
 
 def linear_cosine_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
@@ -662,10 +533,10 @@ def noisy_linear_cosine_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
     def schedule(step: ArrayLike) -> jax.Array:
         step_i = _convert(step)
         s = jnp.minimum(_step(step_i, dtype), ds)
-        std = _hide(jnp.sqrt(_div(var0, _pow(_add(one, s), var_decay))))
+        std = N.opaque(jnp.sqrt(T.tf_div(var0, T.tf_pow(T.tf_add(one, s), var_decay))))
         z = jax.random.normal(jax.random.fold_in(key, step_i.astype(jnp.uint32)), (),
                               jnp.float32)
-        noise = _add(_mul(z, std), jnp.float32(0.0))
+        noise = T.tf_add(T.tf_mul(z, std), jnp.float32(0.0))
         return _linear_cosine(lr, ds, s, *args, noise=noise)
 
     return schedule

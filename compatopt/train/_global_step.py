@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compatopt import _variable as V
+from compatopt.train import _variable as V
 
 _log = logging.getLogger(__name__)
 

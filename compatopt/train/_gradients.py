@@ -1,7 +1,7 @@
 """Gradients of a loss callable with respect to :class:`~compatopt.Variable`\\ s.
 
 This is eager TF's ``GradientTape`` for the shim: the loss runs once under ``jax.vjp`` with
-the chosen variables' values passed in through a :class:`~compatopt._variable.Frame`, which
+the chosen variables' values passed in through a :class:`~compatopt.train._variable.Frame`, which
 also records every variable the loss reads (first-read order) and every write it makes.
 
 Default ``var_list`` (TF's ``tape.watched_variables()``): the trainable variables the loss
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from compatopt._base import IndexedSlices
-from compatopt._variable import Frame, Variable, get_default_graph, peek
+from compatopt.train._variable import Frame, Variable, get_default_graph, peek
 
 _guesses: "dict[Any, list]" = {}
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from compatopt import _numerics, _sparse
 from compatopt._base import IndexedSlices, Rule
-from compatopt._variable import Variable
+from compatopt.train._variable import Variable
 from compatopt.train._slots import create_slot
 from compatopt.train.optimizer import Optimizer
 

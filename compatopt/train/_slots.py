@@ -13,7 +13,7 @@ from typing import Any, Callable, List, Optional
 import jax
 import jax.numpy as jnp
 
-from compatopt._variable import GLOBAL_VARIABLES, Variable, get_default_graph
+from compatopt.train._variable import GLOBAL_VARIABLES, Variable, get_default_graph
 
 
 def create_slot(primary: Variable, value_fn: Callable[[], Any], op_name: str) -> Variable:

@@ -41,7 +41,7 @@ from jax.sharding import PartitionSpec
 
 from compatopt import parallel
 from compatopt._numerics import is_concrete
-from compatopt._variable import Frame, Variable, global_variables, trainable_variables
+from compatopt.train._variable import Frame, Variable, global_variables, trainable_variables
 from compatopt.train._operation import Operation
 from compatopt.train.optimizer import Optimizer
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from compatopt import _sparse
 from compatopt._base import IndexedSlices
-from compatopt._variable import Frame, Variable, get_default_graph, to_array
+from compatopt.train._variable import Frame, Variable, get_default_graph, to_array
 from compatopt.train._gradients import value_and_grads
 from compatopt.train._operation import Operation
 from compatopt.train._slots import SlotsMixin

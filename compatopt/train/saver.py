@@ -3,7 +3,7 @@
 Checkpoints are keyed by TF1's names: variables by ``op.name`` (``"w"``), slots
 (``"w/Adam"``, ``"w/Adam_1"``), non-slot variables (``"beta1_power"``) and the global step
 (``"global_step"``), so a TF1 training resumes with its optimizer state. ``save`` writes
-compatopt's own file (``<prefix>.npz``, see ``_checkpoint_format``) atomically and updates
+compatopt's own file (``<prefix>.npz``, see ``compatopt.checkpoint._npz``) atomically and updates
 the ``checkpoint`` state file; ``restore`` reads those and, through TensorFlow's own reader,
 checkpoints written by TensorFlow (needs ``pip install compatopt[tf]``).
 
@@ -28,21 +28,20 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from compatopt._variable import Variable, global_variables
-from compatopt.train import _checkpoint_format as fmt
-from compatopt.train import _checkpoint_state as state_file
-from compatopt.train import _checkpoint_tf as tfc
-from compatopt.train._checkpoint_restore import read_checked
-from compatopt.train._checkpoint_read import (CheckpointReader as CheckpointReader,
-                                              list_variables as list_variables,
-                                              load_checkpoint as load_checkpoint,
-                                              load_variable as load_variable)
-from compatopt.train._checkpoint_slots import create_slots as create_slots
-from compatopt.train._checkpoint_state import (checkpoint_exists as checkpoint_exists,
-                                               get_checkpoint_state as get_checkpoint_state,
-                                               latest_checkpoint as latest_checkpoint)
-from compatopt.train._checkpoint_tf import (NameMap,
-                                            convert_tf1_checkpoint as convert_tf1_checkpoint)
+from compatopt.checkpoint import _npz as npz
+from compatopt.checkpoint import _state_file as state_file
+from compatopt.checkpoint._paths import (NameMap, checkpoint_exists as checkpoint_exists,
+                                         map_name, open_reader, remove_checkpoint)
+from compatopt.checkpoint._reader import (CheckpointReader as CheckpointReader,
+                                          convert_tf1_checkpoint as convert_tf1_checkpoint,
+                                          list_variables as list_variables,
+                                          load_checkpoint as load_checkpoint,
+                                          load_variable as load_variable)
+from compatopt.checkpoint._state_file import (get_checkpoint_state as get_checkpoint_state,
+                                              latest_checkpoint as latest_checkpoint)
+from compatopt.checkpoint._validate import read_checked
+from compatopt.train._create_slots import create_slots as create_slots
+from compatopt.train._variable import Variable, global_variables
 
 __all__ = ["CheckpointReader", "Saver", "checkpoint_exists", "convert_tf1_checkpoint",
            "create_slots", "get_checkpoint_state", "latest_checkpoint", "list_variables",
@@ -135,7 +134,7 @@ class Saver:
         variables = global_variables() if self._var_list is None else self._var_list
         out: Dict[str, Variable] = {}
         for v in variables:
-            key = tfc.map_name(self._name_map, v.op.name)
+            key = map_name(self._name_map, v.op.name)
             if key in out and out[key] is not v:
                 raise ValueError(f"At least two variables have the same name: {key}")
             out[key] = v
@@ -175,7 +174,7 @@ class Saver:
         if not os.path.isdir(save_dir):
             raise ValueError(f"Parent directory of {save_path} doesn't exist, can't save.")
         tensors = {k: np.asarray(v.numpy()) for k, v in self._targets().items()}
-        fmt.write(checkpoint_file, tensors)
+        npz.write(checkpoint_file, tensors)
         if write_state:
             self._record(checkpoint_file)
             state_file.write_state(save_dir, checkpoint_file, self.last_checkpoints,
@@ -198,7 +197,7 @@ class Saver:
                 self._next_keep_time += self._keep_every_s
                 continue
             try:
-                state_file.remove_checkpoint(path)
+                remove_checkpoint(path)
             except OSError as e:
                 _log.warning("Ignoring: %s", e)
 
@@ -215,8 +214,8 @@ class Saver:
         .all_model_checkpoint_paths``) so ``max_to_keep`` counts them after a restart."""
         kept = []
         for p in checkpoint_paths:
-            if state_file.checkpoint_exists(p):
-                data = fmt.data_file(p) if fmt.exists(p) else p + ".index"
+            if checkpoint_exists(p):
+                data = npz.data_file(p) if npz.exists(p) else p + ".index"
                 kept.append((p, os.path.getmtime(data)))
         self._last_checkpoints = sorted(kept, key=lambda t: t[1])
 
@@ -244,7 +243,7 @@ class Saver:
             expect_partial = self._var_list is not None
         targets = self._targets()
         _log.info("Restoring parameters from %s", prefix)
-        reader = tfc.open_reader(prefix)
+        reader = open_reader(prefix)
         try:
             wanted = {k: (v.shape, np.dtype(v.dtype)) for k, v in targets.items()}
             labels = {k: f"variable {v.name}" for k, v in targets.items() if v.op.name != k}

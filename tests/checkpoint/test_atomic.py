@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import compatopt as co
-from compatopt.train import _checkpoint_format as fmt
-from compatopt.train import _checkpoint_state as state_mod
+from compatopt.checkpoint import _npz as fmt
+from compatopt.checkpoint import _state_file as state_mod
 from compatopt.train import saver as S
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -72,7 +72,7 @@ def test_hard_crash_mid_write_leaves_last_checkpoint_readable(tmp_path):
         import os, sys
         import numpy as np
         import compatopt as co
-        from compatopt.train import saver as S, _checkpoint_format as fmt
+        from compatopt.train import saver as S; from compatopt.checkpoint import _npz as fmt
         w = co.Variable(np.arange(1000, dtype=np.float32), name="w")
         step = co.train.get_or_create_global_step()
         saver = S.Saver()

@@ -66,7 +66,7 @@ def test_missing_slot(ckpt, tmp_path):
     w, b, step, opt = make_model()
     reader = S.load_checkpoint(ckpt)
     tensors = {n: reader.get_tensor(n) for n, _ in S.list_variables(ckpt) if n != "w/Adam_1"}
-    from compatopt.train import _checkpoint_format as fmt
+    from compatopt.checkpoint import _npz as fmt
     fmt.write(str(tmp_path / "partial"), tensors)
     restore_fails(str(tmp_path / "partial"), errors.NotFoundError,
                   r"Key 'w/Adam_1' not found in checkpoint")
@@ -183,7 +183,7 @@ def test_state_file_pointing_to_deleted_checkpoint(ckpt):
 
 
 def test_integer_step_narrows_only_when_it_fits(tmp_path):
-    from compatopt.train import _checkpoint_format as fmt
+    from compatopt.checkpoint import _npz as fmt
     step = co.train.get_or_create_global_step()  # int32 without jax_enable_x64
     fmt.write(str(tmp_path / "ok"), {"global_step": np.int64(123)})
     S.Saver().restore(None, str(tmp_path / "ok"))

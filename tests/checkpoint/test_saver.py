@@ -246,7 +246,7 @@ def test_create_slots_for_every_builtin_optimizer_matches_first_apply():
 
 
 def test_state_file_written_by_tensorflow_and_odd_names(tmp_path):
-    from compatopt.train import _checkpoint_format as fmt
+    from compatopt.checkpoint import _npz as fmt
     d = tmp_path / 'run "ü" 1'
     d.mkdir()
     fmt.write(str(d / "model.ckpt-5"), {"w": np.zeros(1, np.float32)})

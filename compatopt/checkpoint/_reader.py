@@ -1,5 +1,6 @@
-"""Inspecting checkpoints (compatopt's or TensorFlow's): ``list_variables``,
-``load_checkpoint``, ``load_variable``, as ``tf.train`` has them."""
+"""Inspecting and converting checkpoints (compatopt's or TensorFlow's): ``list_variables``,
+``load_checkpoint``, ``load_variable``, as ``tf.train`` has them, and
+``convert_tf1_checkpoint``."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from compatopt import errors
-from compatopt.train import _checkpoint_state as state_file
-from compatopt.train import _checkpoint_tf as tfc
+from compatopt.checkpoint import _npz as npz
+from compatopt.checkpoint import _state_file as state_file
+from compatopt.checkpoint._paths import NameMap, map_name, open_reader
+from compatopt.checkpoint._tf_bundle import TFReader
 
 
 def list_variables(ckpt_dir_or_file: Any) -> List[Tuple[str, List[int]]]:
@@ -48,7 +51,7 @@ class CheckpointReader:
 def load_checkpoint(ckpt_dir_or_file: Any) -> CheckpointReader:
     """A reader for a checkpoint prefix or a directory's latest checkpoint."""
     prefix = state_file.resolve_checkpoint(os.fspath(ckpt_dir_or_file))
-    return CheckpointReader(tfc.open_reader(prefix))
+    return CheckpointReader(open_reader(prefix))
 
 
 def load_variable(ckpt_dir_or_file: Any, name: str) -> np.ndarray:
@@ -56,3 +59,24 @@ def load_variable(ckpt_dir_or_file: Any, name: str) -> np.ndarray:
     if name.endswith(":0"):
         name = name[:-2]
     return load_checkpoint(ckpt_dir_or_file).get_tensor(name)
+
+
+def convert_tf1_checkpoint(src: str, dst: str, name_map: NameMap = None) -> str:
+    """Converts a TensorFlow checkpoint into a compatopt checkpoint (needs TensorFlow).
+
+    Every tensor of ``src`` (a checkpoint prefix such as ``model.ckpt-50``, or a directory:
+    its latest checkpoint) is read with TensorFlow's reader and written, bit for bit, to
+    ``<dst>.npz`` under the same name, or ``name_map(name)`` / ``name_map.get(name, name)``.
+    The result restores with :class:`compatopt.train.Saver` where TensorFlow is not
+    installed. Returns ``dst``.
+    """
+    src = state_file.resolve_checkpoint(src)
+    reader = TFReader(src)
+    tensors = {}
+    for name in sorted(reader.specs()):
+        new = map_name(name_map, name)
+        if new in tensors:
+            raise ValueError(f"name_map maps two checkpoint entries to {new!r}")
+        tensors[new] = reader.read(name)
+    npz.write(dst, tensors)
+    return dst

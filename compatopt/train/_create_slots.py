@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, List, Optional
 
-from compatopt._variable import Variable, get_default_graph, trainable_variables
+from compatopt.train._variable import Variable, get_default_graph, trainable_variables
 
 
 def _flatten(x: Any) -> list:

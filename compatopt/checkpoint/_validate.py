@@ -21,7 +21,7 @@ from typing import Dict, Mapping, Optional
 import numpy as np
 
 from compatopt import errors
-from compatopt.train._checkpoint_format import Spec
+from compatopt.checkpoint._npz import Spec
 
 _MAX_LISTED = 20
 

@@ -19,8 +19,8 @@ import os
 import re
 from typing import List, Optional
 
-from compatopt.train import _checkpoint_format as fmt
-from compatopt.train import _checkpoint_tf as tfc
+from compatopt.checkpoint import _npz as npz
+from compatopt.checkpoint._paths import CheckpointNotFoundError, checkpoint_exists
 
 _log = logging.getLogger(__name__)
 
@@ -132,13 +132,7 @@ def write_state(save_dir: str, model_checkpoint_path: str, all_paths: List[str],
     lines = [f'model_checkpoint_path: "{_escape(latest)}"']
     lines += [f'all_model_checkpoint_paths: "{_escape(p)}"' for p in all_paths]
     path = os.path.join(save_dir, latest_filename or DEFAULT_FILENAME)
-    fmt.atomic_write(path, "w", lambda f: f.write("\n".join(lines) + "\n"))
-
-
-def checkpoint_exists(checkpoint_prefix: str) -> bool:
-    """True if ``checkpoint_prefix`` is a compatopt or a TensorFlow checkpoint."""
-    prefix = os.fspath(checkpoint_prefix)
-    return fmt.exists(prefix) or tfc.exists(prefix)
+    npz.atomic_write(path, "w", lambda f: f.write("\n".join(lines) + "\n"))
 
 
 def latest_checkpoint(checkpoint_dir: str, latest_filename: Optional[str] = None
@@ -161,16 +155,8 @@ def resolve_checkpoint(path: str) -> str:
     if os.path.isdir(path):
         latest = latest_checkpoint(path)
         if latest is None:
-            raise tfc.CheckpointNotFoundError(
+            raise CheckpointNotFoundError(
                 f"Unable to find a checkpoint in directory {path} (no readable "
                 f"'{DEFAULT_FILENAME}' state file)")
         return latest
     return path
-
-
-def remove_checkpoint(prefix: str) -> None:
-    """Deletes checkpoint ``prefix``'s files (compatopt's, and TensorFlow's if any)."""
-    for path in (fmt.data_file(prefix), prefix + ".meta"):
-        if os.path.isfile(path):
-            os.remove(path)
-    tfc.remove_tf_files(prefix)

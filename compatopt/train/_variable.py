@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from compatopt import _numerics
+from compatopt._tf_names import NameCounters
 
 GLOBAL_VARIABLES = "variables"
 TRAINABLE_VARIABLES = "trainable_variables"
@@ -30,41 +31,12 @@ GLOBAL_STEP = "global_step"
 TRAIN_OP = "train_op"
 
 
-class Graph:
+class Graph(NameCounters):
     """TF1's default graph, as far as the shim needs it: collections and name counters."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.collections: Dict[str, list] = {}
-        self.names_in_use: Dict[str, int] = {}
-        self.scope_counts: Dict[str, int] = {}
-        self.lock = threading.RLock()
-
-    def unique_name(self, name: str) -> str:
-        """TF1 ``Graph.unique_name``: ``w``, ``w_1``, ``w_2`` ... (case-insensitive)."""
-        with self.lock:
-            key = name.lower()
-            i = self.names_in_use.get(key, 0)
-            self.names_in_use[key] = i + 1
-            if i == 0:
-                return name
-            base = key
-            while key in self.names_in_use:
-                key = f"{base}_{i}"
-                i += 1
-            self.names_in_use[key] = 1
-            return f"{name}_{i - 1}"
-
-    def unique_scope(self, prefix: str) -> str:
-        """TF1 ``variable_scope(None, default_name=prefix)``: how slot names are made."""
-        with self.lock:
-            name = prefix
-            if self.scope_counts.get(name, 0):
-                idx = 1
-                while self.scope_counts.get(f"{prefix}_{idx}", 0):
-                    idx += 1
-                name = f"{prefix}_{idx}"
-            self.scope_counts[name] = self.scope_counts.get(name, 0) + 1
-            return name
 
     def add_to_collection(self, key: str, value: Any) -> None:
         with self.lock:
@@ -76,15 +48,13 @@ class Graph:
     def snapshot(self) -> tuple:
         """State to roll back to when a call fails half way (e.g. after creating slots)."""
         with self.lock:
-            return ({k: list(v) for k, v in self.collections.items()},
-                    dict(self.names_in_use), dict(self.scope_counts))
+            return ({k: list(v) for k, v in self.collections.items()},) + super().snapshot()
 
     def restore(self, snap: tuple) -> None:
         with self.lock:
             cols, names, scopes = snap
             self.collections = {k: list(v) for k, v in cols.items()}
-            self.names_in_use = dict(names)
-            self.scope_counts = dict(scopes)
+            super().restore((names, scopes))
 
 
 _default_graph = Graph()
@@ -236,7 +206,7 @@ class Variable:
     ``jax.Array``s, so ``x @ w + b`` works. ``jnp`` functions do **not** accept a Variable
     (JAX 0.10 no longer calls ``__jax_array__`` inside ``jnp.*``): write
     ``jnp.tanh(w.value)``, not ``jnp.tanh(w)``; the latter raises JAX's ``TypeError`` naming
-    ``compatopt._variable.Variable``. Equality (``==``) is identity, as TF1 variables (so
+    ``compatopt.train._variable.Variable`` (``compatopt.Variable``). Equality (``==``) is identity, as TF1 variables (so
     variables can be dict keys); use ``w.value == x`` for an elementwise comparison.
 
     Under :func:`compatopt.function` the value read is the traced argument and the buffers

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compatopt._variable import Frame, Variable, active_frames
+from compatopt.train._variable import Frame, Variable, active_frames
 
 
 class _Retrace(Exception):

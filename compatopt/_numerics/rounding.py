@@ -1,27 +1,13 @@
-"""How TF1's kernel arithmetic survives XLA compilation.
+"""float16 / bfloat16: TF1's one rounding per operation, which XLA:CPU would skip.
 
-TF1's CPU kernels (Eigen) round every operation once, in the variable's dtype, in the
-written bracket order, and never fuse a multiply into an add. XLA breaks this in three ways
-(spec §7):
-
-1. LLVM contracts ``a * b + c`` (and ``c - a * b``) into a fused multiply-add on every CPU
-   with FMA, and on GPUs.
-2. XLA's algebraic simplifier rewrites ``x / broadcast(s)`` into ``x * (1 / s)``.
-3. It rewrites ``a / sqrt(b)`` into ``a * rsqrt(b)``.
-
-All of these rewrites (and constant re-association, ``(a * c1) * c2 -> a * (c1 * c2)``)
-need to *see* the producing operation. :func:`opaque` hides a value behind an integer
-identity that no compiler proves is the identity: ``bitcast(bits | (bits == ~0))``. The
-comparison is 1 only for the all-ones pattern, whose lowest bit is already set, so every
-bit pattern (NaN payloads included) is returned unchanged, and the ``fmul``/``fsqrt``
-feeding the next ``fadd``/``fdiv`` is no longer visible to the pattern matchers. It costs
-one compare and one OR per element, works per computation (no global flag), under ``jit``,
-``vmap``, ``grad`` and inside a user's larger jitted step, on CPU and GPU alike.
+TF1's half-precision kernels compute each operation in float32 and round the result back
+(spec §1.2). XLA:CPU keeps excess precision between fused operations, so
+:func:`round_every_op` re-evaluates a kernel's jaxpr with a rounding after every
+operation.
 """
 
 from __future__ import annotations
 
-from typing import Any
 
 import jax
 import jax.extend.core
@@ -29,189 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-_UINT_OF_WIDTH = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
-
-FLOAT_DTYPES = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32),
-                jnp.dtype(jnp.float64))
-LOW_PRECISION = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
-
-
-@jax.custom_jvp
-def opaque(x: jax.Array) -> jax.Array:
-    """Returns ``x`` unchanged, bit for bit, hidden from XLA's and LLVM's rewrites.
-
-    Differentiable as the identity (the integer bitcasts have no derivative of their own).
-    """
-    x = jnp.asarray(x)
-    uint = _UINT_OF_WIDTH[x.dtype.itemsize]
-    bits = lax.bitcast_convert_type(x, uint)
-    all_ones = jnp.asarray(np.iinfo(uint).max, uint)
-    return lax.bitcast_convert_type(bits | (bits == all_ones).astype(uint), x.dtype)
-
-
-@opaque.defjvp
-def _opaque_jvp(primals, tangents):
-    return opaque(primals[0]), tangents[0]
-
-
-def runtime_zero(count: jax.Array) -> jax.Array:
-    """A uint32 zero that XLA cannot fold: ``count >> 31`` for a non-negative ``count``.
-
-    ``opaque`` of a compile-time constant is itself folded, so a kernel whose inputs are
-    constants (a gradient closed over by a jitted function) would again be open to XLA's
-    rewrites; OR-ing this zero, derived from the rule's apply count, into the inputs keeps
-    them runtime values whenever the state is.
-    """
-    return lax.shift_right_logical(count.astype(jnp.uint32), jnp.uint32(31))
-
-
-def initial_count(params_leaves: list) -> jax.Array:
-    """The apply count's first value, int32 0, as a value XLA cannot fold when it is traced.
-
-    Built eagerly (the usual ``state = rule.init(params)`` outside the step) it is a plain
-    ``0``. Built inside a ``jit`` trace (``jit(lambda p: rule.apply(g, rule.init(p), p))``)
-    a literal ``0`` would be folded, and with it :func:`runtime_zero` and every input
-    :func:`hide` derives from it; so it is computed from the first floating-point
-    parameter's first element ``x``: ``int32(x * 0.0)`` is 0 for every ``x`` (±0, or NaN
-    for ±inf/NaN, which the conversion maps to 0), but a float multiply by zero is not an
-    identity either XLA or LLVM may fold (NaN and the sign of zero).
-    """
-    for leaf in params_leaves:
-        if (isinstance(leaf, jax.core.Tracer) and jnp.size(leaf) > 0
-                and jnp.issubdtype(leaf.dtype, jnp.floating)):
-            x = leaf[(0,) * leaf.ndim]  # no reshape: fine for explicitly sharded leaves
-            return lax.convert_element_type(x * jnp.zeros((), x.dtype), jnp.int32)
-    return jnp.zeros((), jnp.int32)
-
-
-@jax.custom_jvp
-def after(x: jax.Array, dep: jax.Array) -> jax.Array:
-    """``x`` unchanged, bit for bit, with a data dependency on ``dep`` (same shape).
-
-    ``bits(x) | ((b >> w-1) & (~b >> w-1))`` for ``b = bits(dep)``: the OR-ed term is zero
-    for every ``b``, XLA does not prove it (LLVM may, and then drops the read of ``dep``).
-    It orders two of XLA:CPU's loops: a loop that writes a donated buffer in place is
-    scheduled after a loop that still reads the old contents, instead of XLA copying the
-    buffer first (its copy insertion only trusts data dependencies). Not a barrier for
-    ``x``'s own arithmetic: use it on a result, not on an operand of further products.
-    """
-    x, dep = jnp.asarray(x), jnp.asarray(dep)
-    uint = _UINT_OF_WIDTH[x.dtype.itemsize]
-    b = lax.bitcast_convert_type(dep, _UINT_OF_WIDTH[dep.dtype.itemsize])
-    shift = jnp.asarray(8 * dep.dtype.itemsize - 1, b.dtype)
-    zero = (lax.shift_right_logical(b, shift) & lax.shift_right_logical(~b, shift)).astype(uint)
-    return lax.bitcast_convert_type(lax.bitcast_convert_type(x, uint) | zero, x.dtype)
-
-
-@after.defjvp
-def _after_jvp(primals, tangents):
-    return after(*primals), tangents[0]
-
-
-@jax.custom_jvp
-def hide(x: jax.Array, zero: jax.Array) -> jax.Array:
-    """``x`` with ``zero`` (from :func:`runtime_zero`) OR-ed into its bits: unchanged.
-
-    Differentiable as the identity in ``x``.
-    """
-    x = jnp.asarray(x)
-    uint = _UINT_OF_WIDTH[x.dtype.itemsize]
-    bits = lax.bitcast_convert_type(x, uint) | zero.astype(uint)
-    return lax.bitcast_convert_type(bits, x.dtype)
-
-
-@hide.defjvp
-def _hide_jvp(primals, tangents):
-    x, zero = primals
-    return hide(x, zero), tangents[0]
-
-
-def mul(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``a * b`` rounded once and never fused into a following add (TF1: Eigen ``*``)."""
-    return opaque(a * b)
-
-
-def div(x: jax.Array, y: jax.Array) -> jax.Array:
-    """``x / y`` correctly rounded, also when ``y`` is a scalar broadcast over ``x``.
-
-    Both operands are hidden: XLA rewrites ``(a / b) / c`` into ``a / (b * c)`` and
-    ``a / (b / c)`` into ``(a * c) / b``, and a division by a broadcast scalar into a
-    multiply, so the broadcast divisor is also made data-dependent on ``x`` (the same non-NaN
-    identity as :func:`opaque`).
-    """
-    x = opaque(x)
-    y = jnp.asarray(y)
-    if y.shape == x.shape or x.ndim == 0:
-        return x / opaque(y)
-    y_full = jnp.broadcast_to(y, x.shape)
-    uint = _UINT_OF_WIDTH[y_full.dtype.itemsize]
-    x_bits = lax.bitcast_convert_type(x, _UINT_OF_WIDTH[x.dtype.itemsize])
-    tie = (x_bits == jnp.asarray(np.iinfo(x_bits.dtype).max, x_bits.dtype)).astype(uint)
-    return x / lax.bitcast_convert_type(lax.bitcast_convert_type(y_full, uint) | tie,
-                                        y_full.dtype)
-
-
-def sqrt(x: jax.Array) -> jax.Array:
-    """Correctly rounded ``sqrt`` whose result is not folded into a following division."""
-    return opaque(jnp.sqrt(x))
-
-
-def rsqrt(x: jax.Array) -> jax.Array:
-    """``1 / sqrt(x)``, correctly rounded twice (TF1's scalar path of Eigen ``rsqrt``).
-
-    TF1's packet path uses the CPU's ``rsqrtps`` estimate refined by one Newton step
-    (spec §1.4), which differs by up to 3 ulp from this value and differs between CPU
-    vendors; ``lax.rsqrt`` is neither, so it is not used.
-    """
-    one = jnp.ones((), x.dtype)
-    return div(one, sqrt(x)) if x.ndim == 0 else opaque(one / opaque(jnp.sqrt(x)))
-
-
-def to_tf_tensor(value: Any) -> jax.Array:
-    """What ``tf.convert_to_tensor`` makes of a hyper-parameter.
-
-    A Python float becomes float32, a Python int int32, a bool bool; NumPy scalars, NumPy
-    arrays and JAX arrays (including tracers) keep their dtype.
-    """
-    if isinstance(value, (np.generic, np.ndarray)):  # np.float64 is a float subclass
-        return jnp.asarray(value)
-    if isinstance(value, bool):
-        return jnp.asarray(value)
-    if isinstance(value, int):
-        return jnp.asarray(np.int32(value))
-    if isinstance(value, float):
-        return jnp.asarray(np.float32(value))
-    return jnp.asarray(value)
-
-
-def cast(value: jax.Array, dtype: Any) -> jax.Array:
-    """TF's ``math_ops.cast`` of an already converted hyper-parameter to ``dtype``."""
-    return jnp.asarray(value).astype(dtype)
-
-
-def compute_dtype(dtype: Any) -> jnp.dtype:
-    """The dtype TF1's CPU kernels compute in: float32 for float16/bfloat16 (spec §1.2)."""
-    dtype = jnp.dtype(dtype)
-    return jnp.dtype(jnp.float32) if dtype in LOW_PRECISION else dtype
-
-
-def is_concrete(x: Any) -> bool:
-    """True when ``x`` has a value now (not a tracer inside jit/vmap/grad)."""
-    return not isinstance(x, jax.core.Tracer)
-
-
-def wide_dtype() -> jnp.dtype:
-    """float64 when ``jax_enable_x64`` is on, else float32.
-
-    TF1's rank-1 sparse kernels of AdagradDA and the proximal family compute in double;
-    JAX can compute in double only with x64 enabled.
-    """
-    return jnp.dtype(jnp.float64) if jax.config.jax_enable_x64 else jnp.dtype(jnp.float32)
-
-
-def sign(x: jax.Array) -> jax.Array:
-    """Eigen's ``sign``: ``(x > 0) - (x < 0)``, so ``sign(-0.0) == +0.0``."""
-    return (x > 0).astype(x.dtype) - (x < 0).astype(x.dtype)
+from compatopt._numerics.barriers import opaque
+from compatopt._numerics.dtypes import LOW_PRECISION
 
 
 _STRUCTURAL = frozenset({"broadcast_in_dim", "reshape", "squeeze", "expand_dims", "transpose",

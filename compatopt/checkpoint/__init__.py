@@ -33,11 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from compatopt._base import Rule
-from compatopt._variable import Graph
-from compatopt.train import _checkpoint_format as fmt
-from compatopt.train._checkpoint_restore import read_checked
-from compatopt.train._checkpoint_state import resolve_checkpoint
-from compatopt.train._checkpoint_tf import NameMap, map_name, open_reader
+from compatopt._tf_names import NameCounters
+from compatopt.checkpoint import _npz as npz
+from compatopt.checkpoint._paths import NameMap, map_name, open_reader
+from compatopt.checkpoint._state_file import resolve_checkpoint
+from compatopt.checkpoint._validate import read_checked
 
 __all__ = ["tf1_names", "to_tf1", "from_tf1", "save", "load"]
 
@@ -71,7 +71,7 @@ def _layout(rule: Rule, params: Any, names: Any, optimizer_name: Optional[str],
     for i, ((_, leaf), vname) in enumerate(zip(flat, var_names)):
         spec = jax.ShapeDtypeStruct(np.shape(leaf), jnp.dtype(leaf.dtype))
         entries.append(_Entry(map_name(name_map, vname), "param", None, i, spec))
-        scopes = Graph()  # TF1's variable-scope counter, per variable
+        scopes = NameCounters()  # TF1's variable-scope counter, per variable
         for s in slot_order:
             slot_spec = treedef.flatten_up_to(getattr(abstract, s))[i]
             scope = scopes.unique_scope(f"{vname}/{(slot_op_names or {}).get(s, op)}")
@@ -211,7 +211,7 @@ def save(prefix: str, rule: Rule, params: Any, state: Any, *, global_step: Any =
     """Writes ``(params, state)`` atomically as a compatopt checkpoint ``<prefix>.npz``
     under TF1's names; ``compatopt.train.Saver`` and :func:`load` read it. Returns
     ``prefix``."""
-    fmt.write(prefix, to_tf1(rule, params, state, global_step=global_step, names=names,
+    npz.write(prefix, to_tf1(rule, params, state, global_step=global_step, names=names,
                              optimizer_name=optimizer_name, slot_op_names=slot_op_names,
                              name_map=name_map))
     return prefix

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Any, Callable, Dict, Mapping, Optional, Union
+from typing import Any, Dict
 
 import numpy as np
 
 from compatopt import errors
-from compatopt.train import _checkpoint_format as fmt
+from compatopt.checkpoint._npz import Spec
 
 # Entries TensorFlow adds to object-based checkpoints; they are not variables.
 TF_INTERNAL_KEYS = frozenset({"_CHECKPOINTABLE_OBJECT_GRAPH"})
@@ -79,7 +79,7 @@ class TFReader:
             self._specs[name] = (tuple(int(d) for d in shape),
                                  np.dtype(dtypes[name].as_numpy_dtype))
 
-    def specs(self) -> Dict[str, fmt.Spec]:
+    def specs(self) -> Dict[str, Spec]:
         return dict(self._specs)
 
     def read(self, name: str) -> np.ndarray:
@@ -94,73 +94,8 @@ class TFReader:
         pass
 
 
-NameMap = Union[None, Mapping[str, str], Callable[[str], str]]
-
-
-def map_name(name_map: NameMap, name: str) -> str:
-    if name_map is None:
-        return name
-    if callable(name_map):
-        return name_map(name)
-    return name_map.get(name, name)
-
-
-def convert_tf1_checkpoint(src: str, dst: str, name_map: NameMap = None) -> str:
-    """Converts a TensorFlow checkpoint into a compatopt checkpoint (needs TensorFlow).
-
-    Every tensor of ``src`` (a checkpoint prefix such as ``model.ckpt-50``, or a directory:
-    its latest checkpoint) is read with TensorFlow's reader and written, bit for bit, to
-    ``<dst>.npz`` under the same name, or ``name_map(name)`` / ``name_map.get(name, name)``.
-    The result restores with :class:`compatopt.train.Saver` where TensorFlow is not
-    installed. Returns ``dst``.
-    """
-    from compatopt.train._checkpoint_state import resolve_checkpoint
-    src = resolve_checkpoint(src)
-    reader = TFReader(src)
-    tensors = {}
-    for name in sorted(reader.specs()):
-        new = map_name(name_map, name)
-        if new in tensors:
-            raise ValueError(f"name_map maps two checkpoint entries to {new!r}")
-        tensors[new] = reader.read(name)
-    fmt.write(dst, tensors)
-    return dst
-
-
 def remove_tf_files(prefix: str) -> None:
+    """Deletes TensorFlow's files of checkpoint ``prefix`` (``.index``, ``.data-*``)."""
     for path in glob.glob(glob.escape(prefix) + ".data-*") + [prefix + ".index"]:
         if os.path.isfile(path):
             os.remove(path)
-
-
-Reader = Union[fmt.NpzReader, TFReader]
-
-
-def open_reader(prefix: str) -> Reader:
-    """A reader for checkpoint ``prefix``: compatopt's own, else TensorFlow's.
-
-    ``NotFoundError`` if neither exists.
-    """
-    if fmt.exists(prefix):
-        return fmt.NpzReader(prefix)
-    if prefix.endswith(fmt.SUFFIX) and os.path.isfile(prefix):
-        return fmt.NpzReader(prefix[:-len(fmt.SUFFIX)])
-    if exists(prefix):
-        return TFReader(prefix)
-    raise checkpoint_not_found(prefix)
-
-
-class CheckpointNotFoundError(errors.NotFoundError, ValueError):
-    """No checkpoint at the given path. Also a ``ValueError``, which is what TF1's
-    ``Saver.restore`` raises for a path that is not a checkpoint."""
-
-
-def checkpoint_not_found(prefix: Optional[str]) -> CheckpointNotFoundError:
-    hint = ""
-    if prefix and os.path.isdir(prefix):
-        hint = (" (it is a directory: pass a checkpoint prefix such as "
-                "compatopt.train.latest_checkpoint(directory))")
-    return CheckpointNotFoundError(
-        f"The passed save_path is not a valid checkpoint: {prefix}{hint}. A checkpoint is "
-        f"a prefix such as 'model.ckpt-100' with a file '<prefix>.npz' (compatopt) or "
-        f"'<prefix>.index' (TensorFlow)")
