@@ -25,7 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compatopt.train._variable import Frame, Variable, active_frames
+from compatopt.train._lifting import (call_lifted, flatten_output, lift_in, lift_out,
+                                      rebuild_output)
+from compatopt.train._operation import Operation
+from compatopt.train._variable import Variable
 
 
 class _Retrace(Exception):
@@ -100,11 +103,9 @@ class Function:
                            "tracing; create variables outside data-dependent branches")
 
     def _discover(self, args, kwargs) -> _Entry:
-        with Frame(capture=True) as frame:
-            self._fn(*args, **kwargs)
-        written = list(frame.writes)
-        read_only = [v for v in frame.all_reads if v not in frame.writes]
-        return _Entry(written, read_only)
+        lifted = call_lifted(self._fn, [], [], *args, **kwargs)
+        written = set(lifted.written)
+        return _Entry(lifted.written, [v for v in lifted.all_reads if v not in written])
 
     def _build(self, entry: _Entry, static_leaves: list, treedef) -> Callable:
         written, read_only = entry.written, entry.read_only
@@ -116,21 +117,15 @@ class Function:
             for i, value in dyn_leaves.items():
                 leaves[i] = value
             args, kwargs = jax.tree_util.tree_unflatten(treedef, leaves)
-            overrides = dict(zip(written, written_vals))
-            overrides.update(zip(read_only, read_vals))
-            with Frame(overrides=overrides, capture=True) as frame:
-                out = self._fn(*args, **kwargs)
-                out_leaves, out_tree = jax.tree_util.tree_flatten(
-                    out, is_leaf=lambda x: isinstance(x, Variable) or _is_op(x))
-                op_positions = [i for i, x in enumerate(out_leaves) if _is_op(x)]
-                out_vals = [None if _is_op(x) else (x.value if isinstance(x, Variable) else x)
-                            for x in out_leaves]
-            new_written = [v for v in frame.writes if v not in set(written)]
-            new_read = [v for v in frame.all_reads if v not in known]
+            lifted = call_lifted(self._fn, [*written, *read_only], [*written_vals, *read_vals],
+                                 *args, **kwargs)
+            out_vals, entry.out_tree, entry.op_positions = flatten_output(lifted.out)
+            new_written = [v for v in lifted.written if v not in set(written)]
+            new_read = [v for v in lifted.all_reads if v not in known]
             if new_written or new_read:
                 raise _Retrace(new_written, new_read)
-            entry.out_tree, entry.op_positions = out_tree, op_positions
-            return [frame.overrides[v] for v in written], out_vals
+            by_var = dict(zip(lifted.written, lifted.written_values))
+            return [by_var.get(v, v_in) for v, v_in in zip(written, written_vals)], out_vals
 
         return jax.jit(pure, donate_argnums=(0,))
 
@@ -140,40 +135,20 @@ class Function:
         static = [None if i in dyn else leaf for i, leaf in enumerate(leaves)]
         if entry.jitted is None:
             entry.jitted = self._build(entry, static, treedef)
-        nested = bool(active_frames())
-        written_vals = []
-        for v in entry.written:
-            value = v.value if nested else v._stored
-            if not nested and not getattr(v, "_owned", False):
-                value = jnp.array(value, copy=True)  # never donate a buffer someone else holds
-            written_vals.append(value)
-        read_vals = [v.value if nested else v._stored for v in entry.read_only]
-        new_written, out_vals = entry.jitted(written_vals, read_vals, dyn)
-        for v, value in zip(entry.written, new_written):
-            if nested:
-                v.assign(value)
-            else:
-                v._stored = value
-                v._owned = True
-        out_leaves = list(out_vals)
-        for i in entry.op_positions:
-            from compatopt.train._operation import Operation
-            out_leaves[i] = Operation(getattr(self._fn, "__name__", "function"),
-                                      lambda: self(*args, **kwargs))
-        return jax.tree_util.tree_unflatten(entry.out_tree, out_leaves)
+        new_written, out_vals = entry.jitted(lift_in(entry.written, donate=True),
+                                             lift_in(entry.read_only, donate=False), dyn)
+        lift_out(entry.written, new_written, owned=True)
+        name = getattr(self._fn, "__name__", "function")
+        return rebuild_output(entry.out_tree, out_vals, entry.op_positions,
+                              lambda: Operation(name, lambda: self(*args, **kwargs)))
 
     def experimental_get_compiler_ir(self, *args, **kwargs) -> str:
         """The HLO text of the compiled step for these arguments (after one call)."""
         entry = self._entries[_signature(args, kwargs)]
         leaves, _ = jax.tree_util.tree_flatten((args, kwargs))
         dyn = {i: leaf for i, leaf in enumerate(leaves) if _is_array(leaf)}
-        return entry.jitted.lower([v._stored for v in entry.written],
-                                  [v._stored for v in entry.read_only], dyn).as_text()
-
-
-def _is_op(x: Any) -> bool:
-    from compatopt.train._operation import Operation
-    return isinstance(x, Operation)
+        return entry.jitted.lower([v.buffer for v in entry.written],
+                                  [v.buffer for v in entry.read_only], dyn).as_text()
 
 
 def _union(a: list, b: list) -> list:

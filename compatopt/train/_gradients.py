@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from compatopt._base import IndexedSlices
-from compatopt.train._variable import Frame, Variable, get_default_graph, peek
+from compatopt.train._lifting import call_lifted
+from compatopt.train._variable import Variable, get_default_graph, peek
 
 _guesses: "dict[Any, list]" = {}
 
@@ -32,11 +33,10 @@ def _differentiable(v: Variable) -> bool:
 
 
 def _run(loss_fn: Callable, dense: Sequence[Variable], plan: list, grad_loss: Any):
-    """One loss evaluation under ``jax.vjp``; returns loss, grads, frame, sparse calls."""
+    """One loss evaluation under ``jax.vjp``; returns loss, grads, what the loss did, sparse calls."""
     box: dict = {}
 
     def f(dense_vals, sparse_vals):
-        frame = Frame(overrides=dict(zip(dense, dense_vals)), capture=True)
         calls: list = []
 
         def hook(var, indices):
@@ -48,29 +48,29 @@ def _run(loss_fn: Callable, dense: Sequence[Variable], plan: list, grad_loss: An
                 return rows + sparse_vals[k]
             return rows
 
-        frame.sparse_read_hook = hook
-        with frame:
+        def loss_value():
             out = loss_fn()
-            if isinstance(out, Variable):
-                out = out.value
-            out = jnp.asarray(out)
-        box["frame"], box["calls"] = frame, calls
-        return out, [frame.overrides[v] for v in frame.writes]
+            return jnp.asarray(out.value if isinstance(out, Variable) else out)
+
+        lifted = call_lifted(loss_value, dense, dense_vals, sparse_read_hook=hook)
+        box["lifted"], box["calls"] = lifted, calls
+        return lifted.out, lifted.written_values
 
     zeros = [jnp.zeros(shape, v.dtype) for v, shape in plan]
     loss, vjp_fn, writes = jax.vjp(f, [peek(v) for v in dense], zeros, has_aux=True)
-    frame, calls = box["frame"], box["calls"]
+    lifted, calls = box["lifted"], box["calls"]
     grads: dict = {}
+    reads = set(lifted.reads)
     if jnp.issubdtype(loss.dtype, jnp.inexact):
         ct = jnp.ones_like(loss) if grad_loss is None else jnp.asarray(grad_loss, loss.dtype)
         d_dense, d_sparse = vjp_fn(ct)
         for v, g in zip(dense, d_dense):
-            if v in frame.reads:
+            if v in reads:
                 grads[v] = g
         if [(v, s) for v, _, s in calls] == list(plan):
             for (v, idx, _), g in zip(calls, d_sparse):
                 grads.setdefault(("sparse", v), []).append((g, idx))
-    return loss, grads, frame, calls, list(zip(frame.writes, writes))
+    return loss, grads, lifted, calls, list(zip(lifted.written, writes))
 
 
 def _combine(v: Variable, grads: dict) -> Any:
@@ -105,13 +105,13 @@ def value_and_grads(loss_fn: Callable, var_list: Optional[List[Variable]] = None
         dense = [v for v in (r() for r in dense) if v is not None and v.graph is graph]
         plan = [(r(), s) for r, s in plan if r() is not None and r().graph is graph]
     for _ in range(3):
-        loss, grads, frame, calls, writes = _run(loss_fn, dense, plan, grad_loss)
+        loss, grads, lifted, calls, writes = _run(loss_fn, dense, plan, grad_loss)
         if explicit:
             wanted = list(var_list)
         else:
-            wanted = [v for v in frame.all_reads if v.trainable and _differentiable(v)]
+            wanted = [v for v in lifted.all_reads if v.trainable and _differentiable(v)]
         cand = {v for v in wanted if _differentiable(v)}
-        need_dense = [v for v in wanted if v in cand and v in frame.reads]
+        need_dense = [v for v in wanted if v in cand and v in lifted.reads]
         need_plan = [(v, s) for v, _, s in calls if v in cand]
         if set(need_dense) <= set(dense) and need_plan == plan:
             break

@@ -31,7 +31,7 @@ from compatopt.train.optimizer import Optimizer
 
 def _placement(v: Variable):
     """The variable's NamedSharding (slots are created with it), or None."""
-    stored = v._stored
+    stored = v.buffer
     if not _numerics.is_concrete(stored) or jax.sharding.get_abstract_mesh().manual_axes:
         return None
     sharding = getattr(stored, "sharding", None)

@@ -297,6 +297,30 @@ class Variable:
     def read_value(self) -> jax.Array:
         return _read(self)
 
+    # -- the stored buffer, for the step driver (compatopt.function, shard_map) and placement
+    @property
+    def buffer(self) -> jax.Array:
+        """The stored array itself: no frame override, no read recorded."""
+        return self._stored
+
+    def donatable_buffer(self) -> jax.Array:
+        """The stored array, safe to donate to a compiled step.
+
+        A buffer the variable does not own (one a caller passed to ``assign`` and may still
+        hold) is copied first; a buffer a step returned (:meth:`adopt_buffer`) is donated
+        as it is.
+        """
+        return self._stored if self._owned else jnp.array(self._stored, copy=True)
+
+    def adopt_buffer(self, value: jax.Array) -> None:
+        """Stores a compiled step's output, which nothing else holds (donatable next time)."""
+        self._stored = value
+        self._owned = True
+
+    def place(self, sharding: Any) -> None:
+        """Moves the stored value onto ``sharding`` (same bits)."""
+        self._stored = jax.device_put(self._stored, sharding)
+
     def numpy(self) -> np.ndarray:
         return np.array(_read(self))
 
@@ -375,6 +399,57 @@ class Variable:
         _write(self, self._check_assignable(new))
         return self
 
+    # -- operators: read the value, return jax.Arrays (``x @ w + b``)
+    def _other(self, other: Any) -> Any:
+        return other.value if isinstance(other, Variable) else other
+
+    def __add__(self, other): return self.value + self._other(other)  # noqa: E704
+    def __radd__(self, other): return self._other(other) + self.value  # noqa: E704
+    def __sub__(self, other): return self.value - self._other(other)  # noqa: E704
+    def __rsub__(self, other): return self._other(other) - self.value  # noqa: E704
+    def __mul__(self, other): return self.value * self._other(other)  # noqa: E704
+    def __rmul__(self, other): return self._other(other) * self.value  # noqa: E704
+    def __truediv__(self, other): return self.value / self._other(other)  # noqa: E704
+    def __rtruediv__(self, other): return self._other(other) / self.value  # noqa: E704
+    def __floordiv__(self, other): return self.value // self._other(other)  # noqa: E704
+    def __rfloordiv__(self, other): return self._other(other) // self.value  # noqa: E704
+    def __mod__(self, other): return self.value % self._other(other)  # noqa: E704
+    def __rmod__(self, other): return self._other(other) % self.value  # noqa: E704
+    def __pow__(self, other): return self.value ** self._other(other)  # noqa: E704
+    def __rpow__(self, other): return self._other(other) ** self.value  # noqa: E704
+    def __matmul__(self, other): return self.value @ self._other(other)  # noqa: E704
+    def __rmatmul__(self, other): return self._other(other) @ self.value  # noqa: E704
+    def __lt__(self, other): return self.value < self._other(other)  # noqa: E704
+    def __le__(self, other): return self.value <= self._other(other)  # noqa: E704
+    def __gt__(self, other): return self.value > self._other(other)  # noqa: E704
+    def __ge__(self, other): return self.value >= self._other(other)  # noqa: E704
+    def __neg__(self): return -self.value  # noqa: E704
+    def __pos__(self): return +self.value  # noqa: E704
+    def __abs__(self): return abs(self.value)  # noqa: E704
+    def __getitem__(self, idx): return self.value[idx]  # noqa: E704
+    def __float__(self): return float(self.value)  # noqa: E704
+    def __int__(self): return int(self.value)  # noqa: E704
+    def __bool__(self): return bool(self.value)  # noqa: E704
+    def __len__(self): return self.shape[0]  # noqa: E704
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def T(self) -> jax.Array:
+        return self.value.T
+
+    __array_ufunc__ = None  # numpy defers `ndarray op Variable` to Variable.__rop__
+
+    def __array__(self, dtype=None, copy=None):
+        if _frames():
+            raise TypeError(
+                f"{self.name}: a Variable cannot be converted with numpy/jnp.asarray inside a "
+                f"loss or a compiled step (the read would not be tracked); write "
+                f"`{self.op.name}.value` (or use operators such as `x @ {self.op.name}`)")
+        return np.asarray(self._stored, dtype=dtype)
+
     def __repr__(self) -> str:
         try:
             val = np.array(self._stored)
@@ -385,54 +460,3 @@ class Variable:
                 f"dtype={self.dtype.name}{body}>")
 
     __str__ = __repr__
-
-
-# ------------------------------------------------------------------------- operators
-
-
-def _binary(op: Callable, reflected: bool = False) -> Callable:
-    def method(self, other):
-        if isinstance(other, Variable):
-            other = other.value
-        return op(other, self.value) if reflected else op(self.value, other)
-    return method
-
-
-_BINARY = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
-           "truediv": lambda a, b: a / b, "floordiv": lambda a, b: a // b,
-           "mod": lambda a, b: a % b, "pow": lambda a, b: a ** b, "matmul": lambda a, b: a @ b}
-for _name, _op in _BINARY.items():
-    setattr(Variable, f"__{_name}__", _binary(_op))
-    setattr(Variable, f"__r{_name}__", _binary(_op, reflected=True))
-for _name, _op in {"lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
-                   "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b}.items():
-    setattr(Variable, f"__{_name}__", _binary(_op))
-
-
-def _unary(op: Callable) -> Callable:
-    return lambda self: op(self.value)
-
-
-Variable.__neg__ = _unary(lambda a: -a)
-Variable.__pos__ = _unary(lambda a: +a)
-Variable.__abs__ = _unary(abs)
-Variable.__getitem__ = lambda self, idx: self.value[idx]
-Variable.__float__ = _unary(float)
-Variable.__int__ = _unary(int)
-Variable.__bool__ = _unary(bool)
-Variable.__len__ = lambda self: self.shape[0]
-Variable.ndim = property(lambda self: len(self.shape))
-Variable.T = property(lambda self: self.value.T)
-
-
-def _array(self, dtype=None, copy=None):
-    if _frames():
-        raise TypeError(
-            f"{self.name}: a Variable cannot be converted with numpy/jnp.asarray inside a "
-            f"loss or a compiled step (the read would not be tracked); write `{self.op.name}"
-            f".value` (or use operators such as `x @ {self.op.name}`)")
-    return np.asarray(self._stored, dtype=dtype)
-
-
-Variable.__array__ = _array
-Variable.__array_ufunc__ = None  # numpy defers `ndarray op Variable` to Variable.__rop__

@@ -41,7 +41,9 @@ from jax.sharding import PartitionSpec
 
 from compatopt import parallel
 from compatopt._numerics import is_concrete
-from compatopt.train._variable import Frame, Variable, global_variables, trainable_variables
+from compatopt.train._lifting import (call_lifted, flatten_output, lift_in, lift_out,
+                                      rebuild_output)
+from compatopt.train._variable import Variable, global_variables, trainable_variables
 from compatopt.train._operation import Operation
 from compatopt.train.optimizer import Optimizer
 
@@ -236,15 +238,12 @@ def shard_map(fn: Optional[Callable] = None, *, mesh, in_specs, out_specs=Partit
         info: dict = {}
 
         def body(values, *local_args):
-            with Frame(overrides=dict(zip(variables, values)), capture=True) as frame:
-                out = fn(*local_args)
-            leaves, tree = jax.tree_util.tree_flatten(
-                out, is_leaf=lambda x: isinstance(x, (Variable, Operation)))
-            leaves = [x.value if isinstance(x, Variable) else x for x in leaves]
-            info.update(tree=tree, leaves=leaves, written=list(frame.writes),
-                        unknown=[v for v in frame.all_reads if v not in set(variables)])
-            return ([x for x in leaves if _is_array(x)],
-                    [frame.overrides[v] for v in frame.writes])
+            lifted = call_lifted(fn, variables, values, *local_args)
+            leaves, tree, op_positions = flatten_output(lifted.out)
+            info.update(tree=tree, leaves=leaves, op_positions=op_positions,
+                        written=lifted.written,
+                        unknown=[v for v in lifted.all_reads if v not in set(variables)])
+            return [x for x in leaves if _is_array(x)], lifted.written_values
 
         arg_specs = specs if specs is not None else (in_specs,) * nargs
         # out_specs is a pytree prefix: one spec for all results, P() for all writes.
@@ -262,7 +261,7 @@ def shard_map(fn: Optional[Callable] = None, *, mesh, in_specs, out_specs=Partit
             entry = entries[key] = (variables, *build(variables, len(args)))
         for _ in range(3):
             variables, run, info = entry
-            arrays, written = run([v.value for v in variables], *args)
+            arrays, written = run(lift_in(variables, donate=False), *args)
             if not info["unknown"]:
                 break
             # The step read a variable the probe did not see (a data-dependent branch).
@@ -271,16 +270,14 @@ def shard_map(fn: Optional[Callable] = None, *, mesh, in_specs, out_specs=Partit
         else:  # pragma: no cover
             raise RuntimeError("compatopt.train.shard_map: the variables the step reads keep "
                                "changing; create them outside data-dependent branches")
-        for v, value in zip(info["written"], written):
-            v.assign(value)
+        lift_out(info["written"], written, owned=False)
         leaves = list(info["leaves"])
         positions = [i for i, x in enumerate(leaves) if _is_array(x)]
         for i, value in zip(positions, arrays):
             leaves[i] = value
-        for i, x in enumerate(leaves):
-            if isinstance(x, Operation):
-                leaves[i] = Operation(x.name, lambda: wrapped(*args))
-        return jax.tree_util.tree_unflatten(info["tree"], leaves)
+        name = getattr(fn, "__name__", "shard_map")
+        return rebuild_output(info["tree"], leaves, info["op_positions"],
+                              lambda: Operation(name, lambda: wrapped(*args)))
 
     return wrapped
 
@@ -302,17 +299,15 @@ def _create_and_place(fn: Callable, args: tuple, in_specs, mesh, axis_names) -> 
     inner: list = []
 
     def probe_body(values, *local_args):
-        with Frame(overrides=dict(zip(known, values)), capture=True) as frame:
-            fn(*local_args)
-        inner.append(frame)
+        inner.append(call_lifted(fn, known, values, *local_args))
         return []
 
-    with Frame(capture=True) as probe:
-        jax.eval_shape(jax.shard_map(probe_body, mesh=mesh, in_specs=(PartitionSpec(), *specs),
-                                     out_specs=PartitionSpec(), axis_names=axis_names,
-                                     check_vma=False),
-                       [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in known], *args)
-    variables = list(dict.fromkeys([*probe.all_reads, *inner[0].writes]))
+    per_replica = jax.shard_map(probe_body, mesh=mesh, in_specs=(PartitionSpec(), *specs),
+                                out_specs=PartitionSpec(), axis_names=axis_names,
+                                check_vma=False)
+    probe = call_lifted(jax.eval_shape, [], [], per_replica,
+                        [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in known], *args)
+    variables = list(dict.fromkeys([*probe.all_reads, *inner[0].written]))
     for v in variables:
         _place_replicated(v, mesh)
     return variables
@@ -326,10 +321,10 @@ def _signature(args) -> tuple:
 
 def _place_replicated(v: Variable, mesh) -> None:
     """Moves a concrete variable that is not yet on ``mesh`` there, replicated."""
-    stored = v._stored
+    stored = v.buffer
     if not is_concrete(stored):
         return
     sharding = getattr(stored, "sharding", None)
     if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh == mesh:
         return
-    v._stored = jax.device_put(stored, jax.sharding.NamedSharding(mesh, PartitionSpec()))
+    v.place(jax.sharding.NamedSharding(mesh, PartitionSpec()))

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 
 from compatopt import _sparse
 from compatopt._base import IndexedSlices
-from compatopt.train._variable import Frame, Variable, get_default_graph, to_array
+from compatopt.train._lifting import call_lifted, lift_out
+from compatopt.train._variable import Variable, get_default_graph, to_array
 from compatopt.train._gradients import value_and_grads
 from compatopt.train._operation import Operation
 from compatopt.train._slots import SlotsMixin
@@ -164,20 +165,21 @@ class Optimizer(SlotsMixin):
             graph = get_default_graph()
             snap = (graph.snapshot(), {k: dict(d) for k, d in self._slots.items()},
                     dict(self._non_slot_dict))
-            frame = Frame(capture=True)
+            def apply_all() -> None:
+                self._create_slots(var_list)
+                self._apply_updates([(g, v) for g, v in pairs if g is not None],
+                                    name or self._name)
+                if global_step is not None:
+                    global_step.assign_add(jnp.ones((), global_step.dtype))
+
             try:
-                with frame:
-                    self._create_slots(var_list)
-                    self._apply_updates([(g, v) for g, v in pairs if g is not None],
-                                        name or self._name)
-                    if global_step is not None:
-                        global_step.assign_add(jnp.ones((), global_step.dtype))
+                applied = call_lifted(apply_all, [], [])
             except BaseException:
                 graph.restore(snap[0])
                 self._slots, self._non_slot_dict = snap[1], snap[2]
                 raise
-            for v in frame.writes:  # commit (to the enclosing frame, if any)
-                v.assign(frame.overrides[v])
+            # commit (to the enclosing frame, if any)
+            lift_out(applied.written, applied.written_values, owned=False)
 
     def _apply_updates(self, pairs: list, name: str) -> None:
         """TF1's loop: ``_prepare``, one hook per variable, ``_finish``."""
