@@ -7,35 +7,52 @@ Two layers:
 * ``compatopt.train``: the ``tf.compat.v1.train`` shim (Variables, slots, minimize, ...).
 """
 
-from compatopt import errors as errors
-from compatopt import schedules as schedules
-from compatopt._base import (ArrayTree as ArrayTree, IndexedSlices as IndexedSlices,
-                             Rule as Rule, Schedule as Schedule, apply_updates as apply_updates)
-from compatopt._multi_tensor import (FlatParams as FlatParams, MultiTensorRule as MultiTensorRule,
-                                     flatten_params as flatten_params,
-                                     multi_tensor as multi_tensor)
-from compatopt.rules import (AdadeltaState as AdadeltaState, AdagradDAState as AdagradDAState,
-                             AdagradState as AdagradState, AdamState as AdamState,
-                             FtrlState as FtrlState,
-                             GradientDescentState as GradientDescentState,
-                             MomentumState as MomentumState,
-                             ProximalAdagradState as ProximalAdagradState,
-                             ProximalGradientDescentState as ProximalGradientDescentState,
-                             RMSPropState as RMSPropState, adadelta as adadelta,
-                             adagrad as adagrad, adagrad_da as adagrad_da, adam as adam,
-                             ftrl as ftrl, gradient_descent as gradient_descent,
-                             momentum as momentum, proximal_adagrad as proximal_adagrad,
-                             proximal_gradient_descent as proximal_gradient_descent,
-                             rmsprop as rmsprop)
+from compatopt import errors as errors, schedules as schedules
+from compatopt._base import (
+    ArrayTree as ArrayTree,
+    IndexedSlices as IndexedSlices,
+    Rule as Rule,
+    Schedule as Schedule,
+    apply_updates as apply_updates,
+)
+from compatopt._multi_tensor import (
+    FlatParams as FlatParams,
+    MultiTensorRule as MultiTensorRule,
+    flatten_params as flatten_params,
+    multi_tensor as multi_tensor,
+)
+from compatopt.rules import (
+    AdadeltaState as AdadeltaState,
+    AdagradDAState as AdagradDAState,
+    AdagradState as AdagradState,
+    AdamState as AdamState,
+    FtrlState as FtrlState,
+    GradientDescentState as GradientDescentState,
+    MomentumState as MomentumState,
+    ProximalAdagradState as ProximalAdagradState,
+    ProximalGradientDescentState as ProximalGradientDescentState,
+    RMSPropState as RMSPropState,
+    adadelta as adadelta,
+    adagrad as adagrad,
+    adagrad_da as adagrad_da,
+    adam as adam,
+    ftrl as ftrl,
+    gradient_descent as gradient_descent,
+    momentum as momentum,
+    proximal_adagrad as proximal_adagrad,
+    proximal_gradient_descent as proximal_gradient_descent,
+    rmsprop as rmsprop,
+)
 
-__version__ = "0.1.0"
+from compatopt._version import __version__ as __version__
 
 # --- compat shim (tf.compat.v1.train): Variable, collections, compiled steps -----------------
-from compatopt.train._variable import (Variable as Variable, global_variables as global_variables,
-                                 reset_default_graph as reset_default_graph,
-                                 trainable_variables as trainable_variables)
+from compatopt import checkpoint as checkpoint, parallel as parallel, train as train
 from compatopt.train._function import function as function
-from compatopt import train as train
-from compatopt import checkpoint as checkpoint
-from compatopt import parallel as parallel
+from compatopt.train._variable import (
+    Variable as Variable,
+    global_variables as global_variables,
+    reset_default_graph as reset_default_graph,
+    trainable_variables as trainable_variables,
+)
 # --- end compat shim ------------------------------------------------------------------------

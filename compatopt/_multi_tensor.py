@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, cast
 
 import jax
 import jax.numpy as jnp
@@ -222,7 +222,8 @@ def multi_tensor(rule: Rule, max_leaf_size: int = DEFAULT_MAX_LEAF_SIZE) -> Mult
     if rd is None:
         raise TypeError(f"multi_tensor: {rule!r} has no RuleDef (definition)")
     if isinstance(rule, MultiTensorRule):
-        rule = rule.base
+        # ``multi_tensor`` always sets ``base``; ``Optional`` only for the field's default.
+        rule = cast(Rule, rule.base)
     slot_names = tuple(name for name, _ in rd.slots)
     non_slot_names = tuple(rd.non_slots(_rule.Hyper(
         {k: v for k, v in rd.hyperparams.items() if v is not None})).keys())
@@ -275,7 +276,7 @@ def multi_tensor(rule: Rule, max_leaf_size: int = DEFAULT_MAX_LEAF_SIZE) -> Mult
             for s in slot_names:
                 new_slots[s].append(bufs[s])
 
-        fields = {"count": _rule._increment(count)}
+        fields: dict[str, Any] = {"count": _rule._increment(count)}
         if rd.finish is not None:
             non_slot = rd.finish(non_slot, hp)
         fields.update(non_slot)

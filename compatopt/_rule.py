@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, cast
 
 import jax
 import jax.numpy as jnp
@@ -195,13 +195,15 @@ def _run_leaf(rd: RuleDef, g, p, slots: dict, hp: Hyper, zero: jax.Array) -> Lea
     return call(rd.dense, g, p, slots)
 
 
+# A kernel's LeafUpdate gives exactly one of ``delta`` and ``value``: where one is None the
+# other is used as given (``cast`` is only for the checker; nothing is checked at run time).
 def _new_value(p: jax.Array, out: LeafUpdate) -> jax.Array:
     if out.rows is None:
-        return out.value if out.value is not None else p - out.delta
+        return out.value if out.value is not None else p - cast(jax.Array, out.delta)
     if out.value is not None:
         rows_new = out.value
     else:
-        rows_new = _sparse.gather(p, out.rows) - out.delta
+        rows_new = _sparse.gather(p, out.rows) - cast(jax.Array, out.delta)
     return _sparse.scatter(p, out.rows, rows_new)
 
 
@@ -209,11 +211,11 @@ def _optax_update(p: jax.Array, out: LeafUpdate) -> jax.Array:
     if out.update is not None:
         return out.update
     if out.rows is None:
-        return -out.delta if out.delta is not None else out.value - p
+        return -out.delta if out.delta is not None else cast(jax.Array, out.value) - p
     if out.delta is not None:
         rows_u = -out.delta
     else:
-        rows_u = out.value - _sparse.gather(p, out.rows)
+        rows_u = cast(jax.Array, out.value) - _sparse.gather(p, out.rows)
     return _sparse.scatter(jnp.zeros_like(p), out.rows, rows_u)
 
 

@@ -13,7 +13,7 @@ writes are dropped (``mode="drop"``).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +50,8 @@ def deduplicate(values: jax.Array, indices: jax.Array, num_rows: int) -> UniqueR
 def _explicit_sharding(x: jax.Array):
     """``x``'s sharding when it lives on a mesh with Explicit axes (which needs the output
     sharding of gathers and scatters spelled out), else None."""
-    sharding = getattr(jax.typeof(x), "sharding", None)
+    # Any: not every abstract value has a sharding; one whose ``mesh`` is set has one.
+    sharding: Any = getattr(jax.typeof(x), "sharding", None)
     mesh = getattr(sharding, "mesh", None)
     if mesh is None or mesh.empty or not mesh.are_all_axes_explicit:
         return None
@@ -89,8 +90,8 @@ def check_indices(indices, num_rows: int, where: str) -> None:
     Under ``jit`` the indices are not known while tracing; out-of-range rows are then
     dropped by :func:`scatter` (XLA cannot raise from a running computation).
     """
-    from compatopt.errors import InvalidArgumentError
     from compatopt._numerics import is_concrete
+    from compatopt.errors import InvalidArgumentError
 
     if not is_concrete(indices):
         return

@@ -60,8 +60,8 @@ def check_reduction(reduction: str) -> None:
             f"(tf.compat.v1.losses.Reduction.MEAN or SUM)")
 
 
-def check_group_assignment(group_assignment: GroupAssignment,
-                           num_replicas: Optional[int] = None) -> Optional[Tuple[Tuple[int, ...], ...]]:
+def check_group_assignment(group_assignment: GroupAssignment, num_replicas: Optional[int] = None
+                           ) -> Optional[Tuple[Tuple[int, ...], ...]]:
     """Validates TF1's ``group_assignment``: equal-size groups that partition the replicas.
 
     Args:
@@ -302,8 +302,8 @@ def cross_replica(rule: Rule, axis_name: AxisName, *, reduction: str = "mean",
     check_group_assignment(group_assignment)
     if sparse not in SPARSE_MODES:
         raise ValueError(f"sparse must be one of {list(SPARSE_MODES)}, got {sparse!r}")
-    kwargs = dict(reduction=reduction, group_assignment=group_assignment,
-                  fixed_order=fixed_order, sparse=sparse)
+    kwargs: Dict[str, Any] = dict(reduction=reduction, group_assignment=group_assignment,
+                                  fixed_order=fixed_order, sparse=sparse)
 
     def apply(grads, state, params):
         return rule.apply(reduce_gradients(grads, axis_name, **kwargs), state, params)

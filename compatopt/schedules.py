@@ -56,7 +56,7 @@ _TF_KERNEL_NAME = {"float32": "float", "float64": "double", "float16": "half"}
 
 def _tf_name(dtype: Any) -> str:
     """The dtype's name in TF kernel error messages (``float``, ``double``, ``half`` ...)."""
-    name = jnp.dtype(dtype).name
+    name: str = jnp.dtype(dtype).name
     return _TF_KERNEL_NAME.get(name, name)
 
 
@@ -306,7 +306,8 @@ def _one_minus_alpha(alpha: Any, dtype: Any) -> jax.Array:
     subtracted in its own dtype.
     """
     if alpha is None:
-        _convert(alpha)
+        _convert(alpha)  # raises TF's ValueError
+    assert alpha is not None  # never fires: ``_convert(None)`` raised
     return _implicit(1 - alpha, dtype)
 
 
@@ -424,7 +425,8 @@ def cosine_decay_restarts(learning_rate: ArrayLike, first_decay_steps: ArrayLike
             i, f = i_c, f_c
         else:
             i, f = jnp.where(t == 1.0, i_c, i_g), jnp.where(t == 1.0, f_c, f_g)
-        c = T.tf_mul(T.tf_mul(jnp.float32(0.5), T.tf_pow(m, i)), T.tf_add(one, T.tf_cos(T.tf_mul(_PI, f))))
+        c = T.tf_mul(T.tf_mul(jnp.float32(0.5), T.tf_pow(m, i)),
+                     T.tf_add(one, T.tf_cos(T.tf_mul(_PI, f))))
         return T.tf_mul(lr, T.tf_add(T.tf_mul(T.tf_sub(one, alpha_d), c), alpha_d))
 
     return schedule

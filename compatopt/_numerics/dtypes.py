@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.core  # imported by ``jax`` itself; named so the checker sees it
 import jax.numpy as jnp
 
 UINT_OF_WIDTH = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
@@ -31,4 +32,7 @@ def wide_dtype() -> jnp.dtype:
     TF1's rank-1 sparse kernels of AdagradDA and the proximal family compute in double;
     JAX can compute in double only with x64 enabled.
     """
-    return jnp.dtype(jnp.float64) if jax.config.jax_enable_x64 else jnp.dtype(jnp.float32)
+    # The flag's attribute is added by setattr, so the stubs lack it; jax.config.read() is
+    # meant for non-context-manager flags only (it accepts this one by a legacy exemption).
+    x64 = jax.config.jax_enable_x64  # pyright: ignore[reportAttributeAccessIssue]
+    return jnp.dtype(jnp.float64) if x64 else jnp.dtype(jnp.float32)

@@ -8,7 +8,6 @@ operation.
 
 from __future__ import annotations
 
-
 import jax
 import jax.extend.core
 import jax.numpy as jnp
@@ -17,7 +16,6 @@ from jax import lax
 
 from compatopt._numerics.barriers import opaque
 from compatopt._numerics.dtypes import LOW_PRECISION
-
 
 _STRUCTURAL = frozenset({"broadcast_in_dim", "reshape", "squeeze", "expand_dims", "transpose",
                          "slice", "concatenate", "gather", "scatter", "scatter-add",
@@ -235,6 +233,7 @@ def _eval_bf16(jaxpr, consts, args, stored=None):
             outs = [outs]
         for v, o in zip(eqn.outvars, outs):
             if v in outputs:
+                assert stored is not None  # ``outputs`` is empty without ``stored``
                 stored[v] = _store(o)
                 o = lax.convert_element_type(stored[v], _F32)
             env[v] = o

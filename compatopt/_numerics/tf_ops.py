@@ -64,7 +64,7 @@ def _all_ones(x: jax.Array) -> jax.Array:
     return (_bits(x) == jnp.asarray(np.iinfo(uint).max, uint)).astype(uint)
 
 
-def tf_wide(x: jax.Array) -> jax.Array:
+def tf_wide(x: jax.Array | np.floating) -> jax.Array | np.floating:
     return x.astype(jnp.float32) if x.dtype in LOW_PRECISION else x
 
 
@@ -76,7 +76,8 @@ def tf_sub(a: jax.Array, b: jax.Array) -> jax.Array:
     return opaque((tf_wide(a) - tf_wide(b)).astype(a.dtype))
 
 
-def tf_mul(a: jax.Array, b: jax.Array) -> jax.Array:
+def tf_mul(a: jax.Array | np.floating, b: jax.Array) -> jax.Array:
+    # ``a`` may be a NumPy float scalar (the schedules' float32 ``pi``).
     return opaque((tf_wide(a) * tf_wide(b)).astype(a.dtype))
 
 
@@ -123,7 +124,7 @@ def _libm() -> Optional[ctypes.CDLL]:
 _LIBM = _libm()
 
 
-def _host_libm(name: str, x: np.ndarray) -> np.ndarray:
+def _host_libm(name: str, x: np.ndarray) -> np.ndarray | np.floating:
     """``name``/``name + 'f'`` of the C library on a concrete scalar, with TF's DAZ/FTZ.
 
     Falls back to NumPy in float64, rounded to ``x``'s dtype, when the C library cannot be
@@ -137,7 +138,9 @@ def _host_libm(name: str, x: np.ndarray) -> np.ndarray:
     fn = getattr(_LIBM, name if x.dtype == np.float64 else name + "f", None)
     if fn is None:
         with np.errstate(all="ignore"):
-            out = getattr(np, name)(x.astype(np.float64)).astype(x.dtype)
+            # A ufunc of a 0-d array gives a NumPy scalar.
+            out: np.ndarray | np.floating = getattr(np, name)(
+                x.astype(np.float64)).astype(x.dtype)
     else:
         fn.restype, fn.argtypes = c_type, [c_type]
         out = np.asarray(fn(c_type(x.item())), dtype=x.dtype)

@@ -124,8 +124,10 @@ def to_tf1(rule: Rule, params: Any, state: Any, *, global_step: Any = None, name
         if e.kind == "param":
             value = p_leaves[e.index]
         elif e.kind == "slot":
+            assert e.field is not None  # _layout names the field of every slot entry
             value = treedef.flatten_up_to(getattr(state, e.field))[e.index]
         else:
+            assert e.field is not None  # and of every non-slot entry
             value = getattr(state, e.field)
         out[e.name] = np.asarray(value)
     if global_step is not None:

@@ -71,13 +71,14 @@ def create_temp(path: str) -> tuple:
             continue
 
 
-def atomic_write(path: str, mode: str, writer: Callable[[IO], None]) -> None:
+def atomic_write(path: str, mode: str, writer: Callable[[IO], object]) -> None:
     """Runs ``writer(file)`` on a temporary file next to ``path``, syncs it and renames it
     over ``path``: a reader sees the old file or the whole new one, never a part; on any
-    error the temporary file is removed and ``path`` is untouched."""
+    error the temporary file is removed and ``path`` is untouched. What ``writer`` returns
+    (e.g. ``f.write``'s count) is ignored."""
     fd, tmp = create_temp(path)
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             writer(f)
             f.flush()
             os.fsync(f.fileno())

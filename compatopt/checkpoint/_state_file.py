@@ -54,6 +54,8 @@ def _unescape(s: str) -> str:
             i += 2
         elif nxt == "x":
             m = re.match(r"[0-9a-fA-F]{1,2}", s[i + 2:])
+            if not m:  # an unreadable state file, like a bad octal escape
+                raise ValueError(f"bad escape in {s!r}")
             out.append(int(m.group(0), 16))
             i += 2 + len(m.group(0))
         else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Any, Dict
+from typing import Any, Dict, cast
 
 import numpy as np
 
@@ -52,7 +52,8 @@ def _translate(tf: Any, e: BaseException, what: str) -> BaseException:
     file) → :class:`DataLossError`."""
     if isinstance(e, tf.errors.OpError):
         cls = _ERROR_TYPES.get(type(e).__name__, errors.DataLossError)
-        return cls(f"{what}: {e.message}")
+        # ``tf`` is untyped, so isinstance does not narrow ``e`` to tf's OpError.
+        return cls(f"{what}: {cast(Any, e).message}")
     if isinstance(e, Exception):
         return errors.DataLossError(f"{what}: the checkpoint is truncated or corrupt "
                                     f"({type(e).__name__}: {e})")

@@ -5,13 +5,17 @@ from compatopt.rules.adagrad import AdagradState as AdagradState, adagrad as ada
 from compatopt.rules.adagrad_da import AdagradDAState as AdagradDAState, adagrad_da as adagrad_da
 from compatopt.rules.adam import AdamState as AdamState, adam as adam
 from compatopt.rules.ftrl import FtrlState as FtrlState, ftrl as ftrl
-from compatopt.rules.gradient_descent import (GradientDescentState as GradientDescentState,
-                                              gradient_descent as gradient_descent)
+from compatopt.rules.gradient_descent import (
+    GradientDescentState as GradientDescentState,
+    gradient_descent as gradient_descent,
+)
 from compatopt.rules.momentum import MomentumState as MomentumState, momentum as momentum
-from compatopt.rules.proximal import (ProximalAdagradState as ProximalAdagradState,
-                                      ProximalGradientDescentState as ProximalGradientDescentState,
-                                      proximal_adagrad as proximal_adagrad,
-                                      proximal_gradient_descent as proximal_gradient_descent)
+from compatopt.rules.proximal import (
+    ProximalAdagradState as ProximalAdagradState,
+    ProximalGradientDescentState as ProximalGradientDescentState,
+    proximal_adagrad as proximal_adagrad,
+    proximal_gradient_descent as proximal_gradient_descent,
+)
 from compatopt.rules.rmsprop import RMSPropState as RMSPropState, rmsprop as rmsprop
 
 ALL_RULES = ("gradient_descent", "momentum", "adagrad", "adagrad_da", "adadelta", "adam",

@@ -25,8 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compatopt.train._lifting import (call_lifted, flatten_output, lift_in, lift_out,
-                                      rebuild_output)
+from compatopt.train._lifting import call_lifted, flatten_output, lift_in, lift_out, rebuild_output
 from compatopt.train._operation import Operation
 from compatopt.train._variable import Variable
 

@@ -20,7 +20,10 @@ _log = logging.getLogger(__name__)
 
 
 def _step_dtype() -> jnp.dtype:
-    return jnp.dtype(jnp.int64) if jax.config.jax_enable_x64 else jnp.dtype(jnp.int32)
+    # The flag's attribute is added by setattr, so the stubs lack it; jax.config.read() is
+    # meant for non-context-manager flags only (it accepts this one by a legacy exemption).
+    x64 = jax.config.jax_enable_x64  # pyright: ignore[reportAttributeAccessIssue]
+    return jnp.dtype(jnp.int64) if x64 else jnp.dtype(jnp.int32)
 
 
 def assert_global_step(global_step_tensor: Any) -> None:

@@ -25,7 +25,8 @@ from compatopt._base import IndexedSlices
 from compatopt.train._lifting import call_lifted
 from compatopt.train._variable import Variable, get_default_graph, peek
 
-_guesses: "dict[Any, list]" = {}
+# loss code -> ([weakref to a variable read densely], [(weakref to a variable, spec)])
+_guesses: "dict[Any, tuple[list, list]]" = {}
 
 
 def _differentiable(v: Variable) -> bool:
@@ -33,7 +34,7 @@ def _differentiable(v: Variable) -> bool:
 
 
 def _run(loss_fn: Callable, dense: Sequence[Variable], plan: list, grad_loss: Any):
-    """One loss evaluation under ``jax.vjp``; returns loss, grads, what the loss did, sparse calls."""
+    """One loss evaluation under ``jax.vjp``: loss, grads, what it did, its sparse reads."""
     box: dict = {}
 
     def f(dense_vals, sparse_vals):

@@ -206,8 +206,9 @@ class Variable:
     ``jax.Array``s, so ``x @ w + b`` works. ``jnp`` functions do **not** accept a Variable
     (JAX 0.10 no longer calls ``__jax_array__`` inside ``jnp.*``): write
     ``jnp.tanh(w.value)``, not ``jnp.tanh(w)``; the latter raises JAX's ``TypeError`` naming
-    ``compatopt.train._variable.Variable`` (``compatopt.Variable``). Equality (``==``) is identity, as TF1 variables (so
-    variables can be dict keys); use ``w.value == x`` for an elementwise comparison.
+    ``compatopt.train._variable.Variable`` (``compatopt.Variable``). Equality (``==``) is
+    identity, as TF1 variables (so variables can be dict keys); use ``w.value == x`` for an
+    elementwise comparison.
 
     Under :func:`compatopt.function` the value read is the traced argument and the buffers
     are donated: an array obtained from ``v.value`` before a compiled step is deleted by

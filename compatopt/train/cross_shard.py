@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, cast
 
 import jax
 import jax.numpy as jnp
@@ -41,10 +41,9 @@ from jax.sharding import PartitionSpec
 
 from compatopt import parallel
 from compatopt._numerics import is_concrete
-from compatopt.train._lifting import (call_lifted, flatten_output, lift_in, lift_out,
-                                      rebuild_output)
-from compatopt.train._variable import Variable, global_variables, trainable_variables
+from compatopt.train._lifting import call_lifted, flatten_output, lift_in, lift_out, rebuild_output
 from compatopt.train._operation import Operation
+from compatopt.train._variable import Variable, global_variables, trainable_variables
 from compatopt.train.optimizer import Optimizer
 
 _log = logging.getLogger("compatopt")
@@ -155,7 +154,8 @@ class CrossShardOptimizer(Optimizer):
             num_shards = 1
         subgroup_size = self._verify_and_get_subgroup_size(self._group_assignment, num_shards)
         if num_shards > 1 and self._reduction == "mean":
-            scale = 1.0 / (subgroup_size if self._group_assignment else num_shards)
+            # A non-empty group_assignment has an int subgroup size (or raised above).
+            scale = 1.0 / (cast(int, subgroup_size) if self._group_assignment else num_shards)
             # d(loss * s)/dv is the backward pass seeded with s instead of 1: the same bits
             # as TF1's `loss *= scale`, without wrapping the user's loss callable.
             grad_loss = kwargs.pop("grad_loss", None)
@@ -173,7 +173,9 @@ class CrossShardOptimizer(Optimizer):
         axes = self._axes()
         if axes is not None and self._num_shards() is not None:
             grads = parallel.reduce_gradients(
-                [g for g, _ in grads_and_vars], axes if len(axes) > 1 else axes[0],
+                [g for g, _ in grads_and_vars],
+                # axis_name=() leaves ``axes`` empty: IndexError here, as it always has.
+                axes if len(axes) > 1 else axes[0],  # pyright: ignore[reportGeneralTypeIssues]
                 reduction="sum", group_assignment=self._group_assignment,
                 fixed_order=self._fixed_order, sparse=self._sparse)
             grads_and_vars = tuple(zip(grads, [v for _, v in grads_and_vars]))
@@ -315,8 +317,8 @@ def _create_and_place(fn: Callable, args: tuple, in_specs, mesh, axis_names) -> 
 
 def _signature(args) -> tuple:
     leaves, tree = jax.tree_util.tree_flatten(args)
-    return tree, tuple((tuple(x.shape), str(x.dtype)) if hasattr(x, "shape") else ("static", repr(x))
-                       for x in leaves)
+    return tree, tuple((tuple(x.shape), str(x.dtype)) if hasattr(x, "shape")
+                       else ("static", repr(x)) for x in leaves)
 
 
 def _place_replicated(v: Variable, mesh) -> None:

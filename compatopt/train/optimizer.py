@@ -19,11 +19,11 @@ import jax.numpy as jnp
 
 from compatopt import _sparse
 from compatopt._base import IndexedSlices
-from compatopt.train._lifting import call_lifted, lift_out
-from compatopt.train._variable import Variable, get_default_graph, to_array
 from compatopt.train._gradients import value_and_grads
+from compatopt.train._lifting import call_lifted, lift_out
 from compatopt.train._operation import Operation
 from compatopt.train._slots import SlotsMixin
+from compatopt.train._variable import Variable, get_default_graph, to_array
 
 
 class AggregationMethod:

@@ -30,15 +30,15 @@ import numpy as np
 
 from compatopt.checkpoint import _npz as npz
 from compatopt.checkpoint import _state_file as state_file
-from compatopt.checkpoint._paths import (NameMap, checkpoint_exists as checkpoint_exists,
-                                         map_name, open_reader, remove_checkpoint)
-from compatopt.checkpoint._reader import (CheckpointReader as CheckpointReader,
-                                          convert_tf1_checkpoint as convert_tf1_checkpoint,
-                                          list_variables as list_variables,
-                                          load_checkpoint as load_checkpoint,
-                                          load_variable as load_variable)
-from compatopt.checkpoint._state_file import (get_checkpoint_state as get_checkpoint_state,
-                                              latest_checkpoint as latest_checkpoint)
+from compatopt.checkpoint._paths import NameMap, map_name, open_reader, remove_checkpoint
+from compatopt.checkpoint._paths import checkpoint_exists as checkpoint_exists
+from compatopt.checkpoint._reader import CheckpointReader as CheckpointReader
+from compatopt.checkpoint._reader import convert_tf1_checkpoint as convert_tf1_checkpoint
+from compatopt.checkpoint._reader import list_variables as list_variables
+from compatopt.checkpoint._reader import load_checkpoint as load_checkpoint
+from compatopt.checkpoint._reader import load_variable as load_variable
+from compatopt.checkpoint._state_file import get_checkpoint_state as get_checkpoint_state
+from compatopt.checkpoint._state_file import latest_checkpoint as latest_checkpoint
 from compatopt.checkpoint._validate import read_checked
 from compatopt.train._create_slots import create_slots as create_slots
 from compatopt.train._variable import Variable, global_variables
