@@ -22,6 +22,7 @@ import numpy as np
 from benchmarks._floor import NumpyFloor
 from benchmarks._harness import Candidate, interleave, stats
 
+
 def stream(n: int, rounds: int) -> dict:
     """Jitted in-place copy and triad bandwidth in GB/s (median, min, max over rounds).
 

@@ -37,7 +37,8 @@ def _worker(args) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     import compatopt as co
     from compatopt import parallel

@@ -117,7 +117,7 @@ def profile_case(impl: str, rule_name: str, shape, dtype=jnp.float32, steps: int
     if shape.leaves == 1:
         n, itemsize = shape.size, jnp.dtype(dtype).itemsize
         big = {name: (r, w) for name, r, w in _anatomy.loops(compiled_text, n)}
-        for name, (ns, iv) in sorted(thunks.items(), key=lambda kv: -kv[1][0]):
+        for name, (ns, _iv) in sorted(thunks.items(), key=lambda kv: -kv[1][0]):
             ms = ns / steps / 1e6
             if name in big:
                 r, w = big[name]

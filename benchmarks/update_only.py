@@ -12,11 +12,9 @@ import dataclasses
 import gc
 from typing import Optional
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-import compatopt as co
 from benchmarks import _cases
 from benchmarks._harness import interleave, ratio_stats, stats
 from benchmarks._roofline import FloorKernel

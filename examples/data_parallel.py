@@ -11,8 +11,8 @@ global batch is split over a 1-D mesh axis ``"data"``; four ways to run the same
 * ``--mode shard_map``: a per-replica step in ``jax.shard_map``;
   ``compatopt.parallel.cross_replica(rule, "data")`` averages the gradients.
 * ``--mode shim``: the ``tf.compat.v1`` way: ``compatopt.Variable``s,
-  ``CrossShardOptimizer`` in a per-replica ``shard_map`` (both in
-  ``compatopt.train.cross_shard``), compiled with ``compatopt.function``.
+  ``CrossShardOptimizer`` in a per-replica ``shard_map`` (``compatopt.train.CrossShardOptimizer``,
+  ``compatopt.train.shard_map``), compiled with ``compatopt.function``.
 
 On a CPU-only machine ``--devices 8`` fakes 8 devices (XLA's host-platform device count).
 Several hosts: run the same command on each with ``--coordinator host0:1234
@@ -51,11 +51,12 @@ def main(argv=None) -> float:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     import compatopt as co
-    from compatopt import parallel
-    from compatopt.train import cross_shard  # CrossShardOptimizer, shard_map
+
+    parallel = co.parallel
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from train_digits import init_mlp, load_digits_split, logits_fn, loss_fn
@@ -129,14 +130,14 @@ def main(argv=None) -> float:
     else:  # shim
         variables = {k: co.Variable(jax.device_put(v, rep), name=k.replace("/", "_"))
                      for k, v in host_params.items()}
-        opt = cross_shard.CrossShardOptimizer(co.train.AdamOptimizer(learning_rate=0.001))
+        opt = co.train.CrossShardOptimizer(co.train.AdamOptimizer(learning_rate=0.001))
         global_step = co.train.get_or_create_global_step()
 
         def loss_of_variables(x, y):
             return loss_fn({k: v.value for k, v in variables.items()}, x, y)
 
         @co.function
-        @cross_shard.shard_map(mesh=mesh, in_specs=P("data"))
+        @co.train.shard_map(mesh=mesh, in_specs=P("data"))
         def shim_step(x, y):
             loss = jax.lax.pmean(loss_of_variables(x, y), "data")  # before the update
             opt.minimize(lambda: loss_of_variables(x, y), global_step=global_step)
@@ -167,7 +168,7 @@ def main(argv=None) -> float:
             losses.append(train_step(to_global(x_train[idx]), to_global(y_train[idx])))
         params, _ = current()
         acc = float(accuracy(params, jax.device_put(x_test, rep), jax.device_put(y_test, rep)))
-        loss = float(np.mean([np.asarray(l.addressable_data(0)) for l in losses]))
+        loss = float(np.mean([np.asarray(v.addressable_data(0)) for v in losses]))
         print(f"epoch {epoch:3d}/{args.epochs}  loss {loss:.4f}  test acc {acc:.3f}")
     elapsed = time.perf_counter() - start
     params, state = current()

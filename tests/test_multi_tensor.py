@@ -133,6 +133,7 @@ def test_round_trip_per_leaf_state():
     assert_same_bits(mt.to_per_leaf(packed, params), per_leaf)
 
 
+@pytest.mark.slow
 def test_none_and_sparse_leaves_keep_tf1_semantics():
     params = {"a": jnp.arange(12.0).reshape(4, 3) / 10, "b": jnp.ones(5), "c": jnp.ones(3) * 2,
               "d": jnp.linspace(0, 1, 6)}

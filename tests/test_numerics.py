@@ -406,7 +406,7 @@ def test_jitted_donated_step_copies_no_slot_and_keeps_no_temporary(make, dtype):
     except TypeError as e:  # TF1 has no kernel for this dtype
         pytest.skip(str(e))
     entry = compiled.as_text()[compiled.as_text().index("ENTRY"):]
-    assert " copy(" not in "\n".join(l for l in entry.splitlines() if f"[{n}]" in l)
+    assert " copy(" not in "\n".join(line for line in entry.splitlines() if f"[{n}]" in line)
     if dtype == "float32":
         assert compiled.memory_analysis().temp_size_in_bytes < n
 

@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import jax
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "rules"))
 import test_tf1_replay as replay  # noqa: E402  (the fixture readers, shared with the tests)

@@ -35,10 +35,17 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "checkpoint"))
-from ckpt_problem import (CONFIGS, DTYPE_STEP, DTYPE_VARS, STEPS_AFTER, STEPS_BEFORE,  # noqa: E402
-                          VARS, dtype_values, problem)
-
 import tensorflow as tf  # noqa: E402
+from ckpt_problem import (  # noqa: E402
+    CONFIGS,
+    DTYPE_STEP,
+    DTYPE_VARS,
+    STEPS_AFTER,
+    STEPS_BEFORE,
+    VARS,
+    dtype_values,
+    problem,
+)
 
 v1 = tf.compat.v1
 v1.disable_eager_execution()

@@ -32,9 +32,8 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "train"))
-from shim_problem import CONFIGS, MLP_STEPS, REPLAY_STEPS, SPARSE_STEPS, problem, replay_gradients  # noqa: E402
-
 import tensorflow as tf  # noqa: E402
+from shim_problem import CONFIGS, MLP_STEPS, REPLAY_STEPS, SPARSE_STEPS, problem, replay_gradients  # noqa: E402
 
 v1 = tf.compat.v1
 

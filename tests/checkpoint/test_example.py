@@ -4,6 +4,10 @@ import os
 import runpy
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a whole example run
+
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "examples",
                        "migrate_tf1_checkpoint.py")
 

@@ -25,9 +25,11 @@ import jax
 
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+from jax.sharding import (  # noqa: E402
+    NamedSharding,  # noqa: E402
+    PartitionSpec as P,
+)
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _helpers import mlp_batch, mlp_loss, mlp_params  # noqa: E402

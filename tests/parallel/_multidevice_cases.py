@@ -14,15 +14,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import compatopt as co
 from compatopt import parallel
 
-from ._helpers import (NUM_DEVICES, RULES, assert_bitwise, collectives, mesh_1d, mesh_2d,
-                       mlp_batch, mlp_loss, mlp_params, named,
-                       place,
-                       slot_leaves, to_host)
+from ._helpers import (
+    NUM_DEVICES,
+    RULES,
+    assert_bitwise,
+    collectives,
+    mesh_1d,
+    mesh_2d,
+    mlp_batch,
+    mlp_loss,
+    mlp_params,
+    named,
+    place,
+    slot_leaves,
+    to_host,
+)
 
 pytestmark = pytest.mark.skipif(
     jax.device_count() != NUM_DEVICES,

@@ -23,6 +23,9 @@ import pytest
 import compatopt as co
 from compatopt import parallel
 
+# subprocesses with 8 forced devices and 2 processes: minutes
+pytestmark = pytest.mark.slow
+
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 CHILD_TIMEOUT_S = 240

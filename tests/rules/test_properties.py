@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 import compatopt as co
 
-from .rule_table import BF16, BY_ID, F16, F32, RULES, avals
+from .rule_table import BF16, F16, F32, RULES, avals
 
 SETTINGS = settings(max_examples=5, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import compatopt as co
+
 from .conftest import FIXTURES
 
 with open(os.path.join(FIXTURES, "errors.json")) as f:

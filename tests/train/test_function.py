@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import compatopt as co
+
 from .shim_models import mlp_loss
 from .shim_problem import problem
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import compatopt as co
+
 from .conftest import FIXTURES
 from .shim_models import make_optimizer
 from .shim_problem import CONFIGS

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import compatopt as co
+
 from .conftest import FIXTURES
 from .shim_models import mlp_loss, sparse_loss
 from .shim_problem import problem

@@ -18,9 +18,13 @@ import numpy as np
 import pytest
 
 import compatopt as co
+
 from .conftest import FIXTURES
 from .shim_models import make_optimizer, mlp_loss, sparse_loss
 from .shim_problem import CONFIGS, MLP_STEPS, REPLAY_STEPS, SPARSE_STEPS, problem, replay_gradients
+
+# 200-step trainings against TF1, per optimizer
+pytestmark = pytest.mark.slow
 
 REF = np.load(os.path.join(FIXTURES, "trainings.npz"))
 RULES = {"GradientDescent": co.gradient_descent, "Momentum": co.momentum,
