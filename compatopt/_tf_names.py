@@ -7,8 +7,11 @@ checkpoint bridge (:mod:`compatopt.checkpoint`) derives the same slot names (``w
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Dict, Tuple
+from typing import Any, Dict, Iterator, Tuple
+
+Journal = Dict[Tuple[str, str], Any]
 
 
 class NameCounters:
@@ -18,11 +21,46 @@ class NameCounters:
         self.names_in_use: Dict[str, int] = {}
         self.scope_counts: Dict[str, int] = {}
         self.lock = threading.RLock()
+        self._journals = threading.local()
+
+    # -- journals: what one call (on one thread) changed, so a failed call can undo just that
+    @contextlib.contextmanager
+    def journal(self) -> Iterator[Journal]:
+        """Records this thread's changes to the counters until the block ends."""
+        stack = self._journal_stack()
+        journal: Journal = {}
+        stack.append(journal)
+        try:
+            yield journal
+        finally:
+            stack.remove(journal)
+
+    def _journal_stack(self) -> list:
+        stack = getattr(self._journals, "stack", None)
+        if stack is None:
+            stack = self._journals.stack = []
+        return stack
+
+    def _note(self, table: str, key: str) -> None:
+        for journal in self._journal_stack():
+            journal.setdefault((table, key), getattr(self, table).get(key))
+
+    def undo(self, journal: Journal) -> None:
+        """Puts back what the journaled call changed; other threads' changes stay."""
+        with self.lock:
+            for (table, key), previous in journal.items():
+                if table not in ("names_in_use", "scope_counts"):
+                    continue
+                if previous is None:
+                    getattr(self, table).pop(key, None)
+                else:
+                    getattr(self, table)[key] = previous
 
     def unique_name(self, name: str) -> str:
         """TF1 ``Graph.unique_name``: ``w``, ``w_1``, ``w_2`` ... (case-insensitive)."""
         with self.lock:
             key = name.lower()
+            self._note("names_in_use", key)
             i = self.names_in_use.get(key, 0)
             self.names_in_use[key] = i + 1
             if i == 0:
@@ -31,6 +69,7 @@ class NameCounters:
             while key in self.names_in_use:
                 key = f"{base}_{i}"
                 i += 1
+            self._note("names_in_use", key)
             self.names_in_use[key] = 1
             return f"{name}_{i - 1}"
 
@@ -43,13 +82,6 @@ class NameCounters:
                 while self.scope_counts.get(f"{prefix}_{idx}", 0):
                     idx += 1
                 name = f"{prefix}_{idx}"
+            self._note("scope_counts", name)
             self.scope_counts[name] = self.scope_counts.get(name, 0) + 1
             return name
-
-    def snapshot(self) -> Tuple[Dict[str, int], Dict[str, int]]:
-        with self.lock:
-            return dict(self.names_in_use), dict(self.scope_counts)
-
-    def restore(self, snap: Tuple[Dict[str, int], Dict[str, int]]) -> None:
-        with self.lock:
-            self.names_in_use, self.scope_counts = dict(snap[0]), dict(snap[1])

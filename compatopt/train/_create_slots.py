@@ -52,13 +52,11 @@ def create_slots(optimizer: Any, var_list: Optional[Any] = None) -> List[Variabl
         if not isinstance(v, Variable):
             raise TypeError(f"create_slots: expected compatopt.Variable, got {v!r}")
     graph = get_default_graph()
-    with optimizer._lock:
-        snap = (graph.snapshot(), {k: dict(d) for k, d in optimizer._slots.items()},
-                dict(optimizer._non_slot_dict))
+    with optimizer._lock, graph.journal() as journal:
         try:
             optimizer._create_slots(list(var_list))
         except BaseException:
-            graph.restore(snap[0])
-            optimizer._slots, optimizer._non_slot_dict = snap[1], snap[2]
+            optimizer._forget(graph.created_in(journal))
+            graph.undo(journal)
             raise
     return optimizer.variables()

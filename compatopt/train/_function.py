@@ -19,13 +19,15 @@ is traced again with that variable lifted too.
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compatopt.train._lifting import call_lifted, flatten_output, lift_in, lift_out, rebuild_output
+from compatopt.train._lifting import (call_lifted, flatten_output, lift_in, lift_out,
+                                      locked_at_top_level, rebuild_output)
 from compatopt.train._operation import Operation
 from compatopt.train._variable import Variable
 
@@ -72,6 +74,7 @@ class Function:
     def __init__(self, fn: Callable) -> None:
         self._fn = fn
         self._entries: dict = {}
+        self._building = threading.RLock()
         self.trace_count = 0
         functools.update_wrapper(self, fn)
 
@@ -87,8 +90,10 @@ class Function:
         key = _signature(args, kwargs)
         entry = self._entries.get(key)
         if entry is None:
-            entry = self._discover(args, kwargs)
-            self._entries[key] = entry
+            with self._building:  # one discovery per signature, also with many threads
+                entry = self._entries.get(key)
+                if entry is None:
+                    entry = self._entries[key] = self._discover(args, kwargs)
         for _ in range(4):
             try:
                 return self._call(entry, args, kwargs)
@@ -133,10 +138,15 @@ class Function:
         dyn = {i: leaf for i, leaf in enumerate(leaves) if _is_array(leaf)}
         static = [None if i in dyn else leaf for i, leaf in enumerate(leaves)]
         if entry.jitted is None:
-            entry.jitted = self._build(entry, static, treedef)
-        new_written, out_vals = entry.jitted(lift_in(entry.written, donate=True),
-                                             lift_in(entry.read_only, donate=False), dyn)
-        lift_out(entry.written, new_written, owned=True)
+            with self._building:
+                if entry.jitted is None:
+                    entry.jitted = self._build(entry, static, treedef)
+        # The step driver holds the lifted variables' locks from reading their buffers until
+        # its results are stored: a step on another thread never sees a donated buffer.
+        with locked_at_top_level([*entry.written, *entry.read_only]):
+            new_written, out_vals = entry.jitted(lift_in(entry.written, donate=True),
+                                                 lift_in(entry.read_only, donate=False), dyn)
+            lift_out(entry.written, new_written, owned=True)
         name = getattr(self._fn, "__name__", "function")
         return rebuild_output(entry.out_tree, out_vals, entry.op_positions,
                               lambda: Operation(name, lambda: self(*args, **kwargs)))
@@ -166,12 +176,14 @@ def function(fn: Optional[Callable] = None, **options: Any):
             return opt.minimize(lambda: loss(x, y), global_step=gs)
 
     Variables and slots the step reads or writes are lifted in and out (written ones are
-    donated: arrays read from them earlier are invalidated, use ``v.numpy()`` to keep a
-    copy); slots are created on the first call. The step recompiles only for new shapes,
-    dtypes or static (non-array) arguments. An ``Operation`` returned by the step comes
-    back as an ``Operation`` whose ``run()`` calls the compiled step again with the same
-    arguments. ``options`` (TF's ``input_signature``, ``jit_compile``...) are accepted and
-    ignored.
+    donated, except a buffer handed out by ``v.value`` since the last step, which is copied
+    once so the array the caller holds stays valid); slots are created on the first call.
+    The step recompiles only for new shapes, dtypes or static (non-array) arguments.
+    Thread-safe: a call holds the locks of every variable it lifts from reading their
+    buffers to storing its results, so concurrent steps on shared variables serialise. An
+    ``Operation`` returned by the step comes back as an ``Operation`` whose ``run()`` calls
+    the compiled step again with the same arguments. ``options`` (TF's ``input_signature``,
+    ``jit_compile``...) are accepted and ignored.
     """
     if fn is None:
         return lambda f: Function(f)

@@ -16,12 +16,13 @@ and does them here:
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 
 from compatopt.train._operation import Operation
-from compatopt.train._variable import Frame, Variable, active_frames
+from compatopt.train._variable import Frame, Variable, active_frames, locked
 
 
 class Lifted(NamedTuple):
@@ -81,6 +82,12 @@ def flatten_output(out: Any) -> Tuple[list, Any, List[int]]:
 def nested() -> bool:
     """True inside another lifted call (a compiled step called from a traced one)."""
     return bool(active_frames())
+
+
+def locked_at_top_level(variables: Sequence[Variable]) -> Any:
+    """The variables' locks for a step run at top level; nothing inside a lifted call (a
+    trace stores nothing, and the outer step already holds what it lifts)."""
+    return contextlib.nullcontext() if nested() else locked(variables)
 
 
 def lift_in(variables: Sequence[Variable], donate: bool) -> list:

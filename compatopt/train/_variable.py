@@ -15,8 +15,10 @@ Every frame records which variables were read (first-read order) and written; th
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 import jax
 import jax.numpy as jnp
@@ -41,20 +43,25 @@ class Graph(NameCounters):
     def add_to_collection(self, key: str, value: Any) -> None:
         with self.lock:
             self.collections.setdefault(key, []).append(value)
+            for journal in self._journal_stack():
+                journal.setdefault(("added", str(id(value))), value)
+
+    def undo(self, journal: dict) -> None:
+        """Undoes one failed call: the variables it created leave the collections and their
+        names are free again; what other threads created meanwhile stays."""
+        with self.lock:
+            super().undo(journal)
+            added = {id(v) for (kind, _), v in journal.items() if kind == "added"}
+            for key, values in self.collections.items():
+                self.collections[key] = [v for v in values if id(v) not in added]
+
+    @staticmethod
+    def created_in(journal: dict) -> list:
+        """The variables a journaled call added to collections."""
+        return [v for (kind, _), v in journal.items() if kind == "added"]
 
     def get_collection(self, key: str) -> list:
         return list(self.collections.get(key, []))
-
-    def snapshot(self) -> tuple:
-        """State to roll back to when a call fails half way (e.g. after creating slots)."""
-        with self.lock:
-            return ({k: list(v) for k, v in self.collections.items()},) + super().snapshot()
-
-    def restore(self, snap: tuple) -> None:
-        with self.lock:
-            cols, names, scopes = snap
-            self.collections = {k: list(v) for k, v in cols.items()}
-            super().restore((names, scopes))
 
 
 _default_graph = Graph()
@@ -130,11 +137,51 @@ def active_frames() -> list:
 
 
 def peek(var: "Variable") -> jax.Array:
-    """The value a read would return, without recording the read."""
+    """The value a read would return, without recording the read.
+
+    A stored buffer handed out this way may be held by the caller, so the next compiled step
+    copies it instead of donating it (a step on another thread never deletes it under the
+    reader).
+    """
     for frame in reversed(_frames()):
         if var in frame.overrides:
             return frame.overrides[var]
-    return var._stored
+    # A thread already holding variables' locks (a step being traced) only takes this one if
+    # it is free: waiting here, out of creation order, could deadlock.
+    if not var._lock.acquire(blocking=getattr(_local, "held", 0) == 0):
+        var._owned = False
+        return var._stored
+    try:
+        var._owned = False
+        return var._stored
+    finally:
+        var._lock.release()
+
+
+_serials = itertools.count()
+
+
+def read_together(variables: Iterable["Variable"]) -> List[jax.Array]:
+    """The stored values of ``variables`` as of one moment: no compiled step that holds
+    their locks runs in between (a consistent snapshot for ``Saver.save``)."""
+    variables = list(variables)
+    with locked(variables):
+        return [peek(v) for v in variables]
+
+
+@contextlib.contextmanager
+def locked(variables: Iterable["Variable"]) -> Iterator[None]:
+    """Holds the locks of ``variables`` (TF1: each variable's mutex), taken in creation
+    order, so two steps sharing several variables never deadlock."""
+    unique = sorted({id(v): v for v in variables}.values(), key=lambda v: v._serial)
+    with contextlib.ExitStack() as stack:
+        for v in unique:
+            stack.enter_context(v._lock)
+        _local.held = getattr(_local, "held", 0) + len(unique)
+        try:
+            yield
+        finally:
+            _local.held -= len(unique)
 
 
 def _read(var: "Variable") -> jax.Array:
@@ -159,8 +206,9 @@ def _write(var: "Variable", value: jax.Array) -> None:
         raise RuntimeError(
             f"Cannot store a traced value in {var.name} outside compatopt.function; "
             f"assign a concrete array")
-    var._stored = value
-    var._owned = False  # the caller may hold this array: compatopt.function copies it first
+    with var._lock:
+        var._stored = value
+        var._owned = False  # the caller may hold this array: compatopt.function copies it first
 
 
 # -------------------------------------------------------------------------- variable
@@ -211,8 +259,8 @@ class Variable:
     elementwise comparison.
 
     Under :func:`compatopt.function` the value read is the traced argument and the buffers
-    are donated: an array obtained from ``v.value`` before a compiled step is deleted by
-    it (use ``v.numpy()`` for a copy that survives).
+    are donated. An array obtained from ``v.value`` outside a step stays valid: the next
+    step copies that buffer once instead of donating it, then donates its own outputs.
 
     Args:
       initial_value: array-like or zero-argument callable; Python floats become float32.
@@ -249,6 +297,8 @@ class Variable:
                              f"initial value's shape {tuple(value.shape)}")
         self._stored = value
         self._owned = False
+        self._lock = threading.RLock()
+        self._serial = next(_serials)
         self.trainable = True if trainable is None else bool(trainable)
         self.constraint = constraint
         graph = get_default_graph()
@@ -449,11 +499,11 @@ class Variable:
                 f"{self.name}: a Variable cannot be converted with numpy/jnp.asarray inside a "
                 f"loss or a compiled step (the read would not be tracked); write "
                 f"`{self.op.name}.value` (or use operators such as `x @ {self.op.name}`)")
-        return np.asarray(self._stored, dtype=dtype)
+        return np.asarray(peek(self), dtype=dtype)
 
     def __repr__(self) -> str:
         try:
-            val = np.array(self._stored)
+            val = np.array(peek(self))
             body = f", numpy={val!r}"
         except Exception:  # deleted (donated) buffer
             body = ""

@@ -20,10 +20,10 @@ import jax.numpy as jnp
 from compatopt import _sparse
 from compatopt._base import IndexedSlices
 from compatopt.train._gradients import value_and_grads
-from compatopt.train._lifting import call_lifted, lift_out
+from compatopt.train._lifting import call_lifted, lift_out, nested
 from compatopt.train._operation import Operation
 from compatopt.train._slots import SlotsMixin
-from compatopt.train._variable import Variable, get_default_graph, to_array
+from compatopt.train._variable import Variable, get_default_graph, locked, to_array
 
 
 class AggregationMethod:
@@ -160,26 +160,42 @@ class Optimizer(SlotsMixin):
                 raise RuntimeError("Cannot use a constraint function on a sparse variable.")
         if global_step is not None and not isinstance(global_step, Variable):
             raise TypeError(f"global_step must be a compatopt.Variable, got {global_step!r}")
-        lock = self._lock if self._use_locking else contextlib.nullcontext()
-        with lock:
-            graph = get_default_graph()
-            snap = (graph.snapshot(), {k: dict(d) for k, d in self._slots.items()},
-                    dict(self._non_slot_dict))
-            def apply_all() -> None:
-                self._create_slots(var_list)
-                self._apply_updates([(g, v) for g, v in pairs if g is not None],
-                                    name or self._name)
-                if global_step is not None:
-                    global_step.assign_add(jnp.ones((), global_step.dtype))
+        def apply_all() -> None:
+            self._create_slots(var_list)
+            self._apply_updates([(g, v) for g, v in pairs if g is not None],
+                                name or self._name)
+            if global_step is not None:
+                global_step.assign_add(jnp.ones((), global_step.dtype))
 
-            try:
-                applied = call_lifted(apply_all, [], [])
-            except BaseException:
-                graph.restore(snap[0])
-                self._slots, self._non_slot_dict = snap[1], snap[2]
-                raise
+        # use_locking (TF1: each kernel holds its variable's and slots' mutex): at top level,
+        # this optimizer's lock and the locks of everything the apply reads and writes, so
+        # concurrent applies to one variable, from any optimizers, serialise. Inside a
+        # compiled step the step driver holds the variables' locks instead.
+        locking = self._use_locking and not nested()
+        touched = [*var_list, *([global_step] if global_step is not None else []),
+                   *self.variables()] if locking else []
+        with (self._lock if locking else contextlib.nullcontext()), locked(touched):
+            graph = get_default_graph()
+            with graph.journal() as journal:
+                try:
+                    applied = call_lifted(apply_all, [], [])
+                except BaseException:
+                    # roll back what this call created, and only that (other threads' new
+                    # variables stay)
+                    self._forget(graph.created_in(journal))
+                    graph.undo(journal)
+                    raise
             # commit (to the enclosing frame, if any)
             lift_out(applied.written, applied.written_values, owned=False)
+
+    def _forget(self, created: list) -> None:
+        """Drops slots and non-slot variables that a failed call created."""
+        gone = {id(v) for v in created}
+        for named in self._slots.values():
+            for var in [k for k, slot in named.items() if id(slot) in gone]:
+                del named[var]
+        for key in [k for k, v in self._non_slot_dict.items() if id(v) in gone]:
+            del self._non_slot_dict[key]
 
     def _apply_updates(self, pairs: list, name: str) -> None:
         """TF1's loop: ``_prepare``, one hook per variable, ``_finish``."""

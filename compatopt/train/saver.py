@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -41,7 +42,7 @@ from compatopt.checkpoint._state_file import get_checkpoint_state as get_checkpo
 from compatopt.checkpoint._state_file import latest_checkpoint as latest_checkpoint
 from compatopt.checkpoint._validate import read_checked
 from compatopt.train._create_slots import create_slots as create_slots
-from compatopt.train._variable import Variable, global_variables
+from compatopt.train._variable import Variable, global_variables, locked, read_together
 
 __all__ = ["CheckpointReader", "Saver", "checkpoint_exists", "convert_tf1_checkpoint",
            "create_slots", "get_checkpoint_state", "latest_checkpoint", "list_variables",
@@ -123,6 +124,7 @@ class Saver:
         self._pad_step_number = pad_step_number
         self._last_checkpoints: List[Tuple[str, float]] = []
         self._to_delete: List[Tuple[str, float]] = []
+        self._lock = threading.RLock()
         if var_list is not None:
             self._targets()  # duplicate names fail now, as in TF1
 
@@ -164,22 +166,28 @@ class Saver:
             latest_filename = state_file.DEFAULT_FILENAME
         if os.path.split(latest_filename)[0]:
             raise ValueError("'latest_filename' must not contain path components")
+        save_dir = os.path.dirname(save_path) or "."
+        if not os.path.isdir(save_dir):
+            raise ValueError(f"Parent directory of {save_path} doesn't exist, can't save.")
+        targets = self._targets()
+        # One consistent step: every value (and the step number in the name) is read while
+        # no compiled step holding these variables' locks runs.
+        step_var = [global_step] if isinstance(global_step, Variable) else []
+        values = read_together([*targets.values(), *step_var])
+        tensors = {k: np.asarray(value) for k, value in zip(targets, values)}
         if global_step is not None:
-            step = _step_value(global_step)
+            step = _step_value(values[-1] if step_var else global_step)
             fmt_step = "%s-%08d" if self._pad_step_number else "%s-%d"
             checkpoint_file = fmt_step % (save_path, step)
         else:
             checkpoint_file = save_path
-        save_dir = os.path.dirname(save_path) or "."
-        if not os.path.isdir(save_dir):
-            raise ValueError(f"Parent directory of {save_path} doesn't exist, can't save.")
-        tensors = {k: np.asarray(v.numpy()) for k, v in self._targets().items()}
-        npz.write(checkpoint_file, tensors)
-        if write_state:
-            self._record(checkpoint_file)
-            state_file.write_state(save_dir, checkpoint_file, self.last_checkpoints,
-                                   latest_filename)
-            self._maybe_delete_old()
+        with self._lock:  # concurrent saves: the state file never lists a deleted checkpoint
+            npz.write(checkpoint_file, tensors)
+            if write_state:
+                self._record(checkpoint_file)
+                state_file.write_state(save_dir, checkpoint_file, self.last_checkpoints,
+                                       latest_filename)
+                self._maybe_delete_old()
         return checkpoint_file
 
     def _record(self, path: str) -> None:
@@ -251,8 +259,9 @@ class Saver:
                                   expect_partial=expect_partial, unused_hint=_UNUSED_HINT)
         finally:
             reader.close()
-        for k, v in targets.items():
-            v.assign(values[k])
+        with locked(targets.values()):  # all at once: no step sees half a restore
+            for k, v in targets.items():
+                v.assign(values[k])
 
 
 def _step_value(global_step: Any) -> int:

@@ -64,11 +64,18 @@ def test_written_buffers_are_donated():
         opt.minimize(lambda: mlp_loss(params, x, y), global_step=gs)
 
     step(x, y)
-    before = [params["w1"].value, gs.value, opt.get_slot(params["w1"], "m").value,
-              opt._get_non_slot_variable("beta1_power").value]
+    lifted = [params["w1"], gs, opt.get_slot(params["w1"], "m"),
+              opt._get_non_slot_variable("beta1_power")]
+    before = [v.buffer for v in lifted]  # the step's own outputs: donated by the next step
+    held = params["w2"].value           # handed out: copied once, stays valid
+    held_bits = np.asarray(held).copy()
     step(x, y)
     assert all(a.is_deleted() for a in before)
+    assert not held.is_deleted() and np.array_equal(np.asarray(held), held_bits)
     assert not x.is_deleted()
+    again = params["w2"].buffer
+    step(x, y)
+    assert again.is_deleted()
     hlo = step.experimental_get_compiler_ir(x, y)
     assert "tf.aliasing_output" in hlo or "jax.buffer_donor" in hlo
 
