@@ -17,7 +17,7 @@ run the rule on one variable at a time (``_finish`` runs the rule's once-per-app
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, cast
+from typing import Any, Callable, Dict, Optional, cast
 
 import jax
 import jax.numpy as jnp
@@ -106,7 +106,7 @@ class RuleOptimizer(Optimizer):
                 {n: getattr(new_state, n) for n in non_slots})
 
     def _pure_finish(self, dyn, non_slots):
-        _, slots, non_slots = self._pure_apply(dyn, [], [], {s: [] for s in self._slot_names()},
+        _, slots, non_slots = self._pure_apply(dyn, {}, {}, {s: {} for s in self._slot_names()},
                                                non_slots)
         return non_slots
 
@@ -152,8 +152,9 @@ class RuleOptimizer(Optimizer):
 
     # ``_create_slots`` made every slot and non-slot variable these read; ``cast`` is only for
     # the checker (a missing one still fails as before, on ``None``).
-    def _state_of(self, var_list) -> tuple:
-        slots = {s: [cast(Variable, self.get_slot(v, s)).value for v in var_list]
+    def _state_of(self, var_list, keys: Optional[list] = None) -> tuple:
+        keys = keys if keys is not None else list(range(len(var_list)))
+        slots = {s: {k: cast(Variable, self.get_slot(v, s)).value for k, v in zip(keys, var_list)}
                  for s in self._slot_names()}
         non_slots = {n: cast(Variable, self._get_non_slot_variable(n)).value
                      for n in self._non_slot_names()}
@@ -164,13 +165,19 @@ class RuleOptimizer(Optimizer):
             if isinstance(g, IndexedSlices) and len(v.shape) >= 1:
                 _sparse.check_indices(g.indices, v.shape[0], f"{self._name} ({v.op.name})")
         var_list = [v for _, v in pairs]
-        slots, non_slots = self._state_of(var_list)
-        new_p, new_s, new_n = self._jit_apply(self._dyn, [g for g, _ in pairs],
-                                              [v.value for v in var_list], slots, non_slots)
-        for i, v in enumerate(var_list):
-            v.assign(new_p[i])
+        # The rule sees a dict keyed by the variables' names, so its errors name the variable
+        # (``parameter ['hidden/kernel']``), not a list position.
+        keys = [v.op.name for v in var_list]
+        if len(set(keys)) != len(keys):  # same names from different graphs
+            keys = [f"{k} ({i})" for i, k in enumerate(keys)]
+        slots, non_slots = self._state_of(var_list, keys)
+        new_p, new_s, new_n = self._jit_apply(
+            self._dyn, {k: g for k, (g, _) in zip(keys, pairs)},
+            {k: v.value for k, v in zip(keys, var_list)}, slots, non_slots)
+        for k, v in zip(keys, var_list):
+            v.assign(new_p[k])
             for s in new_s:
-                cast(Variable, self.get_slot(v, s)).assign(new_s[s][i])
+                cast(Variable, self.get_slot(v, s)).assign(new_s[s][k])
         if store_non_slots:
             for n, value in new_n.items():
                 cast(Variable, self._get_non_slot_variable(n)).assign(value)

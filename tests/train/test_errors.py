@@ -133,3 +133,21 @@ def test_a_failed_apply_changes_nothing():
     assert all(np.array_equal(a, s.numpy()) for a, s in zip(slots, opt.variables()))
     assert [s.name for s in opt.variables()] == ["beta1_power:0", "beta2_power:0",
                                                  "w/Adam:0", "w/Adam_1:0"]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "function"])
+@pytest.mark.parametrize("bad", ["shape", "dtype", "sparse_shape"])
+def test_shim_errors_name_the_variable(bad, compiled):
+    """A bad gradient's error names the variable (TF1 names the op), changes nothing."""
+    w = co.Variable(jnp.zeros((3, 2)), name="hidden/kernel")
+    opt = co.train.AdamOptimizer(0.1)
+    grad = {"shape": jnp.ones((2, 3)), "dtype": jnp.ones((3, 2), jnp.float16),
+            "sparse_shape": co.IndexedSlices(jnp.ones((2, 3)), jnp.asarray([0, 1]), (3, 2))}[bad]
+    apply = (co.function(lambda: opt.apply_gradients([(grad, w)])) if compiled
+             else lambda: opt.apply_gradients([(grad, w)]))
+    with pytest.raises((TypeError, ValueError)) as info:
+        apply()
+    assert "hidden/kernel" in str(info.value)
+    assert "[0]" not in str(info.value)
+    np.testing.assert_array_equal(w.numpy(), np.zeros((3, 2)))
+    assert opt.variables() == []
