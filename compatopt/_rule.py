@@ -37,6 +37,17 @@ class Hyper(dict):
     def cast(self, name: str, dtype: Any) -> jax.Array:
         return _numerics.cast(self[name], dtype)
 
+    def __missing__(self, name: str) -> jax.Array:
+        # a hyper-parameter given as None: TF1's ``_prepare`` fails converting it
+        raise ValueError(f"Attempt to convert a value (None) with an unsupported type "
+                         f"(<class 'NoneType'>) to a Tensor ('{name}').")
+
+
+# The names TF1's kernels give their scalar inputs (training_ops.cc), for their messages.
+_KERNEL_INPUT = {"learning_rate": "lr", "l1_regularization_strength": "l1",
+                 "l2_regularization_strength": "l2", "learning_rate_power": "lr_power",
+                 "l2_shrinkage_regularization_strength": "l2_shrinkage"}
+
 
 @dataclasses.dataclass(frozen=True)
 class RuleDef:
@@ -160,7 +171,12 @@ def _resolve(rd: RuleDef, count: jax.Array) -> Hyper:
             continue
         if callable(value):
             value = value(count)
-        hp[name] = _numerics.to_tf_tensor(value)
+        value = _numerics.to_tf_tensor(value)
+        if value.ndim != 0:  # TF1's kernels: OP_REQUIRES(IsScalar(lr.shape()), ...)
+            raise InvalidArgumentError(
+                f"{rd.name}: {_KERNEL_INPUT.get(name, name)} is not a scalar: "
+                f"{list(value.shape)}")
+        hp[name] = value
     return hp
 
 

@@ -154,15 +154,16 @@ def test_none_and_sparse_leaves_keep_tf1_semantics():
             assert_same_bits(s1, mt.to_per_leaf(s2, params))
 
 
-def test_non_scalar_hyper_parameter_falls_back_to_per_leaf():
+def test_non_scalar_hyper_parameter_is_rejected_as_tf1_rejects_it():
+    """TF1's kernels require scalar hyper-parameters ("lr is not a scalar: [3]"); the
+    multi-tensor layout falls back to the per-leaf rule, which raises the same error."""
+    from compatopt.errors import InvalidArgumentError
+
     params = [jnp.ones(3), jnp.full(3, 2.0)]
     lr = jnp.array([0.1, 0.2, 0.3], jnp.float32)
-    base = co.momentum(lr, 0.9)
-    mt = multi_tensor(base)
-    p1, s1, _ = _run(base, params, 2, _grads)
-    p2, s2, _ = _run(mt, params, 2, _grads)
-    assert_same_bits(p1, p2)
-    assert_same_bits(s1, mt.to_per_leaf(s2, params))
+    for rule in (co.momentum(lr, 0.9), multi_tensor(co.momentum(lr, 0.9))):
+        with pytest.raises(InvalidArgumentError, match=r"lr is not a scalar: \[3\]"):
+            _run(rule, params, 1, _grads)
 
 
 def test_float64():

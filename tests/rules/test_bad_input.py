@@ -386,3 +386,38 @@ def test_first_bad_leaf_stops_everything():
     grads = {"a": jnp.ones(2), "b": jnp.ones(2), "c": jnp.ones(3)}
     _expect_error(rule, grads, state, params, InvalidArgumentError, r"\['c'\]")
     _expect_error(rule, grads, state, params, InvalidArgumentError, r"\['c'\]", method="update")
+
+
+_CONSTRUCTORS = [co.gradient_descent, co.momentum, co.adagrad, co.adagrad_da, co.adadelta,
+                 co.adam, co.ftrl, co.proximal_gradient_descent, co.proximal_adagrad,
+                 co.rmsprop]
+
+
+def _one_apply(rule):
+    params = {"w": jnp.ones(3)}
+    return rule.apply({"w": jnp.ones(3)}, rule.init(params), params)
+
+
+@pytest.mark.parametrize("factory", _CONSTRUCTORS, ids=lambda f: f.__name__)
+def test_learning_rate_none_is_a_value_error_as_tf1(factory):
+    """TF1's ``_prepare`` converts ``None`` and fails with ``ValueError`` (not a KeyError)."""
+    kwargs = {"momentum": 0.9} if factory is co.momentum else {}
+    with pytest.raises(ValueError, match=r"Attempt to convert a value \(None\)"):
+        _one_apply(factory(None, **kwargs))
+
+
+@pytest.mark.parametrize("factory", _CONSTRUCTORS, ids=lambda f: f.__name__)
+def test_non_scalar_learning_rate_is_rejected_as_tf1(factory):
+    """TF1's kernels: ``lr is not a scalar: [3]`` (an element-wise rate is not applied)."""
+    kwargs = {"momentum": 0.9} if factory is co.momentum else {}
+    with pytest.raises(InvalidArgumentError, match=r"lr is not a scalar: \[3\]"):
+        _one_apply(factory(jnp.full(3, 0.1, jnp.float32), **kwargs))
+
+
+def test_shim_learning_rate_none_and_non_scalar():
+    w = co.Variable(jnp.zeros(3), name="w")
+    with pytest.raises(ValueError, match=r"Attempt to convert a value \(None\)"):
+        co.train.AdamOptimizer(None).apply_gradients([(jnp.ones(3), w)])
+    with pytest.raises(InvalidArgumentError, match=r"lr is not a scalar: \[3\]"):
+        co.train.AdamOptimizer(jnp.full(3, 0.1)).apply_gradients([(jnp.ones(3), w)])
+    np.testing.assert_array_equal(w.numpy(), np.zeros(3))
