@@ -350,14 +350,18 @@ def _concrete_float(value: Any) -> Optional[float]:
 
 
 def require(condition: Callable[[float], bool], name: str, value: Any, message: str,
-            exc: type = ValueError) -> None:
+            exc: type = ValueError, nan_passes: bool = False) -> None:
     """Raises ``exc(message % value)`` when a concrete ``value`` fails ``condition``.
 
-    NaN fails every condition (``not (nan > 0)``), so a non-finite value TF1 would reject
-    by comparison is rejected here too. Tracers and callables are checked when they run.
+    Kernel checks (``OP_REQUIRES(lr() > 0)``) reject NaN, as here by default. TF1's Python
+    constructor checks are written as rejections (``if value <= 0.0: raise``), which NaN
+    passes: those use ``nan_passes=True`` (checked against TF 2.21). Tracers and callables
+    are checked when they run.
     """
     x = _concrete_float(value)
-    if x is not None and (math.isnan(x) or not condition(x)):
+    if x is None or (nan_passes and math.isnan(x)):
+        return
+    if math.isnan(x) or not condition(x):
         raise exc(message % (value,))
 
 

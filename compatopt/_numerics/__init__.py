@@ -4,8 +4,10 @@
   rewrites (no FMA contraction, no division turned into a reciprocal multiply, no
   ``a / sqrt(b)`` into ``rsqrt``): ``opaque``, ``hide``, ``mul``, ``div``, ``sqrt``,
   ``rsqrt``, and the runtime zero that keeps constant inputs from re-opening them.
-* :mod:`~compatopt._numerics.scheduling` — XLA:CPU scheduling only (loop order, in-place
-  writes of donated buffers): ``after``, ``recompute``. Never changes a bit.
+* :mod:`~compatopt._numerics.scheduling` — XLA:CPU scheduling only (one loop per use of a
+  shared expression, loop order for in-place writes of donated buffers, inputs kept):
+  ``recompute``, ``overwrite_after``, ``keep_input`` (and the primitive ``after``). Never
+  changes a bit.
 * :mod:`~compatopt._numerics.tf_ops` — TF's own op semantics: ``convert_to_tensor`` of a
   hyper-parameter, ``cast``, Eigen's ``sign``, and the scalar ops (``tf_add`` ... ``tf_pow``,
   glibc ``exp``/``log``/``cos``) the decay functions compute with.
@@ -25,5 +27,7 @@ from compatopt._numerics.dtypes import (FLOAT_DTYPES as FLOAT_DTYPES,
                                         is_concrete as is_concrete, wide_dtype as wide_dtype)
 from compatopt._numerics.rounding import (round_every_op as round_every_op,
                                           round_to_bfloat16 as round_to_bfloat16)
-from compatopt._numerics.scheduling import after as after
+from compatopt._numerics.scheduling import (after as after, keep_input as keep_input,
+                                            overwrite_after as overwrite_after,
+                                            recompute as recompute)
 from compatopt._numerics.tf_ops import cast as cast, sign as sign, to_tf_tensor as to_tf_tensor

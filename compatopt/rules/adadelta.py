@@ -21,60 +21,57 @@ class AdadeltaState(NamedTuple):
     accum_update: ArrayTree
 
 
-def _steps(g, accum, hp: Hyper):
-    """TF1's ``ApplyAdadelta`` in pieces: ``lr``, the new ``accum``, ``upd(accum_update,
-    accum)`` and ``next_update(accum_update, upd)``."""
+def _apply_adadelta(g, var, accum, accum_update, hp: Hyper, in_place: bool):
+    """TF1's ``ApplyAdadelta`` functor, one assignment after another (``SparseApplyAdadelta``:
+    the same per row). Returns ``delta`` (``var -= delta``), ``var - delta`` (``None``
+    without ``var``) and the new ``accum`` and ``accum_update``.
+
+    TF1's ``update`` is an Eigen expression that each of the two assignments reading it
+    evaluates again. With ``in_place`` (the dense kernel on donated buffers) so does this:
+    the ``accum_update`` loop evaluates its own ``update`` (``N.recompute``) and reads the
+    old ``accum_update`` after the ``var`` loop (``N.overwrite_after``), so that it can
+    overwrite it: the same bits, no temporary, no slot copy.
+    """
     T = g.dtype
     lr = hp.cast("learning_rate", T)
     rho = hp.cast("rho", T)
     eps = hp.cast("epsilon", T)
     one_minus_rho = 1 - rho
-    accum = N.mul(accum, rho) + N.mul(g * g, one_minus_rho)
 
-    def upd(accum_update, accum):
+    def update(accum_update, accum):
         return N.opaque(N.sqrt(accum_update + eps) * N.rsqrt(accum + eps)) * g
 
-    def next_update(accum_update, u):
-        return N.mul(accum_update, rho) + N.mul(u * u, one_minus_rho)
-
-    return lr, accum, upd, next_update
-
-
-def _rows(g, accum, accum_update, hp: Hyper):
-    lr, accum, upd, next_update = _steps(g, accum, hp)
-    u = upd(accum_update, accum)
-    return N.mul(u, lr), accum, next_update(accum_update, u)
-
-
-def _dense_kernel(g, var, accum, accum_update, hp: Hyper):
-    """``_rows`` arranged for XLA:CPU, which has no multi-output fusion (same bits).
-
-    ``upd`` is computed twice, once in the loop that writes ``var`` and once in the loop
-    that writes ``accum_update``, instead of going through two memory temporaries (its
-    square roots), and the second loop reads the old ``accum_update`` through ``after`` the
-    new ``var``, so that it is scheduled second and the donated buffer needs no copy.
-    """
-    lr, accum, upd, next_update = _steps(g, accum, hp)
-    delta = N.mul(upd(accum_update, accum), lr)
-    value = var - delta
-    old_update = N.after(accum_update, value)
-    accum_update = next_update(old_update, upd(old_update, N.opaque(accum)))
+    # accum = accum * rho + grad.square() * (1 - rho)
+    accum = N.mul(accum, rho) + N.mul(g * g, one_minus_rho)
+    # update = (accum_update + epsilon).sqrt() * (accum + epsilon).rsqrt() * grad
+    u = update(accum_update, accum)
+    # var -= update * lr
+    delta = N.mul(u, lr)
+    value = None if var is None else var - delta
+    # accum_update = accum_update * rho + update.square() * (1 - rho)
+    if in_place:
+        assert value is not None  # in_place is only asked for with the variable
+        accum_update = N.overwrite_after(accum_update, value)
+        u = update(accum_update, N.recompute(accum))
+    accum_update = N.mul(accum_update, rho) + N.mul(u * u, one_minus_rho)
     return delta, value, accum, accum_update
 
 
 def _dense(g, var, slots, hp: Hyper) -> LeafUpdate:
-    if var.dtype == jnp.float16:  # float16's per-op evaluation keeps the plain order better
-        delta, accum, accum_update = _rows(g, slots["accum"], slots["accum_update"], hp)
-        return LeafUpdate(slots={"accum": accum, "accum_update": accum_update}, delta=delta)
-    delta, value, accum, accum_update = _dense_kernel(
-        g, var, slots["accum"], slots["accum_update"], hp)
-    return LeafUpdate(slots={"accum": accum, "accum_update": accum_update}, value=value,
-                      update=-delta)
+    # float16's per-op evaluation keeps the plain order better: one ``update``, shared.
+    in_place = var.dtype != jnp.float16
+    delta, value, accum, accum_update = _apply_adadelta(
+        g, var if in_place else None, slots["accum"], slots["accum_update"], hp, in_place)
+    new_slots = {"accum": accum, "accum_update": accum_update}
+    if not in_place:
+        return LeafUpdate(slots=new_slots, delta=delta)
+    return LeafUpdate(slots=new_slots, value=value, update=-delta)
 
 
 def _sparse(g, rows, var, slots, hp: Hyper) -> LeafUpdate:
-    delta, accum, accum_update = _rows(
-        g, S.gather(slots["accum"], rows), S.gather(slots["accum_update"], rows), hp)
+    delta, _, accum, accum_update = _apply_adadelta(
+        g, None, S.gather(slots["accum"], rows), S.gather(slots["accum_update"], rows), hp,
+        in_place=False)
     new_slots = {"accum": S.scatter(slots["accum"], rows, accum),
                  "accum_update": S.scatter(slots["accum_update"], rows, accum_update)}
     return LeafUpdate(slots=new_slots, delta=delta, rows=rows)

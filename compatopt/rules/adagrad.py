@@ -71,7 +71,7 @@ def adagrad(learning_rate: ScalarOrSchedule, initial_accumulator_value: float = 
     at 0.1 too; PyTorch starts at 0 and adds ``eps`` outside. TF1 has no epsilon.
     """
     require(lambda x: x > 0, "initial_accumulator_value", initial_accumulator_value,
-            "initial_accumulator_value must be positive: %s")
+            "initial_accumulator_value must be positive: %s", nan_passes=True)
     rd = RuleDef(
         name="Adagrad",
         state_type=AdagradState,

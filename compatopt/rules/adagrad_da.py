@@ -32,37 +32,43 @@ def _prepare(hp: Hyper, count: jax.Array, global_step) -> dict:
 
 
 def _dense(g, var, slots, hp: Hyper) -> LeafUpdate:
+    """TF1's ``ApplyAdagradDA`` functor, one assignment after another."""
     T = var.dtype
     lr = hp.cast("learning_rate", T)
     l1 = hp.cast("l1_regularization_strength", T)
     l2 = hp.cast("l2_regularization_strength", T)
     t = hp["t"].astype(jnp.float32).astype(T)  # TF1: float32 step even for float64
+    # gradient_accum += grad;  gradient_squared_accum += grad.square()
     ga = slots["gradient_accumulator"] + g
     gg = slots["gradient_squared_accumulator"] + N.mul(g, g)
+    # l1 > 0: var = -lr * ga.sign() * (ga.abs() - t * l1).cwiseMax(0) / den
+    # else:   var = lr * ga * -1 / den;    den = l2 * (t * lr) + gg.sqrt()
     den = N.mul(l2, N.opaque(t * lr)) + N.sqrt(gg)
     with_l1 = N.opaque((-lr) * N.sign(ga)) * jnp.maximum(jnp.abs(ga) - N.mul(t, l1), 0)
     without_l1 = (lr * ga) * jnp.asarray(-1, T)
     value = N.div(jnp.where(l1 > 0, with_l1, without_l1), den)
-    # TF1's new var does not read the old one; ``after`` keeps ``var`` an input of the step
-    # (``jit`` would drop it, and then pair the donated slots with the wrong outputs and
-    # copy them every step).
-    value = N.after(value, var)
+    # TF1's new var does not read the old one: keep ``var`` an input of the step.
+    value = N.keep_input(value, var)
     return LeafUpdate(slots={"gradient_accumulator": ga, "gradient_squared_accumulator": gg},
                       value=value)
 
 
 def _sparse(g, rows, var, slots, hp: Hyper) -> LeafUpdate:
+    """TF1's ``SparseApplyAdagradDA``, on the de-duplicated rows."""
     T = g.dtype
     ga = S.gather(slots["gradient_accumulator"], rows)
     gg = S.gather(slots["gradient_squared_accumulator"], rows)
-    if var.ndim > 1:
+    if var.ndim > 1:  # Eigen expressions per row, in T
         lr = hp.cast("learning_rate", T)
         l1 = hp.cast("l1_regularization_strength", T)
         l2 = hp.cast("l2_regularization_strength", T)
         ts = hp["t"].astype(T)
-        gslr = N.opaque(ts * lr)
+        gslr = N.opaque(ts * lr)  # global_step_lr = global_step * lr
+        # ga += grad;  gg += grad.square()
         ga = ga + g
         gg = gg + N.mul(g, g)
+        # l1 > 0: var = -1 * ga.sign() * (ga.abs() / t - l1).cwiseMax(0) / den
+        # else:   var = -1 * (ga / t) / den;    den = l2 + gg.sqrt() / global_step_lr
         den = l2 + N.div(N.sqrt(gg), gslr)
         with_l1 = (jnp.asarray(-1, T) * N.sign(ga)) * jnp.maximum(N.div(jnp.abs(ga), ts) - l1, 0)
         without_l1 = jnp.asarray(-1, T) * N.div(ga, ts)
@@ -74,12 +80,15 @@ def _sparse(g, rows, var, slots, hp: Hyper) -> LeafUpdate:
         l1 = hp.cast("l1_regularization_strength", T).astype(W)
         l2 = hp.cast("l2_regularization_strength", T).astype(W)
         gd = g.astype(W)
+        # ga += g;  gg += g * g  (in double, stored in T)
         ga = (ga.astype(W) + gd).astype(T)
         gg = (gg.astype(W) + N.mul(gd, gd)).astype(T)
+        # gs_l1 = t * l1;  gs_l2_lr = t * l2 * lr;  den = gs_l2_lr + sqrt(gg)  (sqrt in T)
         gs_l1 = N.mul(t, l1)
         gs_l2_lr = N.mul(N.opaque(t * l2), lr)
         s = jnp.sqrt(gg).astype(W)
         den = gs_l2_lr + s
+        # l1 > 0: var = sign(-ga) * lr * max(abs(ga) - gs_l1, 0) / den;  else -ga * lr / den
         with_l1 = N.opaque(N.sign(-ga.astype(W)) * lr) * jnp.maximum(
             jnp.abs(ga).astype(W) - gs_l1, 0)
         without_l1 = (-ga).astype(W) * lr
@@ -137,7 +146,7 @@ def adagrad_da(learning_rate: float,
                 l2_regularization_strength=l2_regularization_strength)
     require(lambda x: x > 0, "initial_gradient_squared_accumulator_value",
             initial_gradient_squared_accumulator_value,
-            "initial_gradient_squared_accumulator_value must be positive: %s")
+            "initial_gradient_squared_accumulator_value must be positive: %s", nan_passes=True)
     rd = RuleDef(
         name="AdagradDA",
         state_type=AdagradDAState,

@@ -24,8 +24,8 @@ class FtrlState(NamedTuple):
     linear: ArrayTree
 
 
-def _power(x, lr_power, T, exact_sqrt: Optional[bool]):
-    """``P(x)``: ``sqrt(x)`` when ``lr_power == -0.5``, else ``x ** -lr_power``."""
+def _power(x, lr_power, exact_sqrt: Optional[bool]):
+    """``P(x)``: ``x.sqrt()`` when ``lr_power == -0.5``, else ``x.pow(-lr_power)``."""
     if exact_sqrt is True:
         return N.sqrt(x)
     p = jnp.power(x, -lr_power)
@@ -35,6 +35,7 @@ def _power(x, lr_power, T, exact_sqrt: Optional[bool]):
 
 
 def _prepare(hp: Hyper, count) -> dict:
+    """TF1's ``_prepare``: ``l2 + beta / (2 * maximum(lr, 1e-36))``, in lr's dtype."""
     lr = hp["learning_rate"]
     beta = hp["beta"].astype(lr.dtype)
     l2 = hp["l2_regularization_strength"].astype(lr.dtype)
@@ -43,44 +44,48 @@ def _prepare(hp: Hyper, count) -> dict:
 
 
 def _make_kernels(shrinkage: bool, exact_sqrt: Optional[bool], constructor_args: dict):
-    def terms(g, var, accum, linear, hp: Hyper):
-        T = g.dtype
-        lr = hp.cast("learning_rate", T)
-        l1 = hp.cast("l1_regularization_strength", T)
-        l2_adj = hp.cast("l2_adjusted", T)
+    def scalars(hp: Hyper, T):
+        """The kernel's scalar inputs, cast to ``T``: ``lr``, ``l1``, ``l2`` (adjusted), ``P``."""
         lr_power = hp.cast("learning_rate_power", T)
-        gs = g
-        if shrinkage:
-            l2s = hp.cast("l2_shrinkage_regularization_strength", T)
-            gs = g + N.mul(2 * l2s, var)
-        new_accum = accum + N.mul(g, g)
-        p_new = _power(new_accum, lr_power, T, exact_sqrt)
-        p_old = _power(accum, lr_power, T, exact_sqrt)
-        # ``p_new`` again, from an opaque copy of ``new_accum``: the ``linear`` and the
-        # ``var`` loops each fuse their own root instead of XLA:CPU (no multi-output
-        # fusion) writing it to a temporary for both (same bits).
-        p_new_again = _power(N.opaque(new_accum), lr_power, T, exact_sqrt)
-        y = N.div(p_new_again, lr) + N.mul(jnp.asarray(2, T), l2_adj)
-        return T, lr, l1, lr_power, gs, new_accum, p_new, p_old, y
+        return (hp.cast("learning_rate", T), hp.cast("l1_regularization_strength", T),
+                hp.cast("l2_adjusted", T), lr_power,
+                lambda x: _power(x, lr_power, exact_sqrt))
+
+    def with_shrinkage(g, var, hp: Hyper):
+        """``grad_with_shrinkage = grad + 2 * l2_shrinkage * var`` (V2 only; the old var)."""
+        if not shrinkage:
+            return g
+        return g + N.mul(2 * hp.cast("l2_shrinkage_regularization_strength", g.dtype), var)
 
     def dense(g, var, slots, hp: Hyper) -> LeafUpdate:
+        """TF1's ``ApplyFtrl`` (``ApplyFtrlV2`` with shrinkage), one loop per assignment.
+
+        TF1's ``new_accum = accum + grad.square()`` is an Eigen expression that each
+        assignment evaluates again; here too (``N.recompute``). The new ``accum`` is written
+        in place once the ``linear`` loop has read the old one (``N.overwrite_after``), and
+        the ``var`` loop reads it instead of the old one (TF1 writes ``accum`` last): the
+        same bits, no slot copy, no temporary.
+        """
+        T = g.dtype
         accum, linear = slots["accum"], slots["linear"]
-        T, lr, l1, lr_power, gs, _, _, p_old, _ = terms(g, var, accum, linear, hp)
-        # XLA:CPU has no multi-output fusion: the ``linear`` loop recomputes the new
-        # accumulator from the old one (same bits) instead of reading the new one, the
-        # loop writing the new accumulator in place is ordered after it (``after``, on an
-        # operand, so that the new value still ends in an add XLA does not duplicate), and
-        # the ``var`` loop reads the new one: the old accumulator needs no copy.
-        p_new = _power(N.opaque(accum) + N.mul(g, g), lr_power, T, exact_sqrt)
-        linear = linear + (gs - N.mul(N.div(p_new - p_old, lr), var))
-        new_accum = N.after(accum, linear) + N.mul(g, g)
-        y = (N.div(_power(N.opaque(new_accum), lr_power, T, exact_sqrt), lr)
-             + N.mul(jnp.asarray(2, T), hp.cast("l2_adjusted", T)))
+        lr, l1, l2, _, P = scalars(hp, T)
+        gs = with_shrinkage(g, var, hp)
+        # new_accum = accum + grad.square()  (an expression: each loop evaluates its own)
+        new_accum = N.recompute(accum) + N.mul(g, g)
+        # linear += grad_with_shrinkage - (P(new_accum) - P(accum)) / lr * var
+        linear = linear + (gs - N.mul(N.div(P(new_accum) - P(accum), lr), var))
+        # x = l1 * linear.sign() - linear
         x = N.mul(l1, N.sign(linear)) - linear
+        # accum += grad.square()  (TF1's last assignment; made here, so that var reads it)
+        accum = N.overwrite_after(accum, linear) + N.mul(g, g)
+        # y = P(new_accum) / lr + 2 * l2
+        y = N.div(P(N.recompute(accum)), lr) + N.mul(jnp.asarray(2, T), l2)
+        # var = (linear.abs() > l1).select(x / y, 0)
         value = jnp.where(jnp.abs(linear) > l1, N.div(x, y), jnp.zeros((), T))
-        return LeafUpdate(slots={"accum": new_accum, "linear": linear}, value=value)
+        return LeafUpdate(slots={"accum": accum, "linear": linear}, value=value)
 
     def sparse(g, rows, var, slots, hp: Hyper) -> LeafUpdate:
+        """TF1's ``SparseApplyFtrl`` (``SparseApplyFtrlV2``), on the de-duplicated rows."""
         for name, cond, text in (("learning_rate", lambda v: v > 0, "lr is not a positive scalar"),
                                  ("l1_regularization_strength", lambda v: v >= 0,
                                   "l1 regularization strength is not a non-negative scalar"),
@@ -89,16 +94,26 @@ def _make_kernels(shrinkage: bool, exact_sqrt: Optional[bool], constructor_args:
             # Python floats are tracers inside jit: check the constructor's value as well.
             for value in (constructor_args[name], hp[name]):
                 require(cond, name, value, f"Ftrl: {text}: %s", InvalidArgumentError)
+        T = g.dtype
         accum = S.gather(slots["accum"], rows)
         linear = S.gather(slots["linear"], rows)
         v = S.gather(var, rows)
-        T, lr, l1, lr_power, gs, new_accum, p_new, p_old, y = terms(g, v, accum, linear, hp)
+        lr, l1, l2, lr_power, P = scalars(hp, T)
+        gs = with_shrinkage(g, v, hp)
+        # new_accum = accum + grad * grad
+        new_accum = accum + N.mul(g, g)
         if var.ndim > 1:
-            linear = linear + (gs - N.mul(N.div(p_new - p_old, lr), v))
+            # linear += grad_with_shrinkage - (P(new_accum) - P(accum)) / lr * var
+            linear = linear + (gs - N.mul(N.div(P(new_accum) - P(accum), lr), v))
         else:  # TF1's scalar path: C pow (also for -0.5) and another association
+            # sigma = (pow(new_accum, -lr_power) - pow(accum, -lr_power)) / lr
+            # linear = (linear + grad_with_shrinkage) - sigma * var
             sigma = N.div(N.opaque(jnp.power(new_accum, -lr_power))
                           - N.opaque(jnp.power(accum, -lr_power)), lr)
             linear = (linear + gs) - N.mul(sigma, v)
+        # y = P(new_accum) / lr + 2 * l2
+        y = N.div(P(N.recompute(new_accum)), lr) + N.mul(jnp.asarray(2, T), l2)
+        # var = (linear.cwiseMin(l1).cwiseMax(-l1) - linear) / y;  accum = new_accum
         value = N.div(jnp.clip(linear, -l1, l1) - linear, y)
         new_slots = {"accum": S.scatter(slots["accum"], rows, new_accum),
                      "linear": S.scatter(slots["linear"], rows, linear)}
@@ -165,11 +180,13 @@ def ftrl(learning_rate: float, learning_rate_power: float = -0.5,
                         ("l2_regularization_strength", l2_regularization_strength),
                         ("l2_shrinkage_regularization_strength",
                          l2_shrinkage_regularization_strength)):
+        # TF1 writes these as rejections (``if learning_rate_power > 0.0: raise``), which
+        # NaN passes (TF 2.21 constructs FtrlOptimizer with any of them NaN).
         x = _concrete_float(value)
         if name == "learning_rate_power":
-            if x is not None and not x <= 0:
+            if x is not None and x > 0:
                 raise ValueError(f"learning_rate_power {x:f} needs to be negative or zero")
-        elif x is not None and not x >= 0:
+        elif x is not None and x < 0:
             raise ValueError(f"{name} {x:f} needs to be positive or zero")
     x = _concrete_float(learning_rate_power)
     beta = 0.0 if beta is None else beta

@@ -195,7 +195,7 @@ def proximal_adagrad(learning_rate: float, initial_accumulator_value: float = 0.
                 l1_regularization_strength=l1_regularization_strength,
                 l2_regularization_strength=l2_regularization_strength)
     require(lambda x: x > 0, "initial_accumulator_value", initial_accumulator_value,
-            "initial_accumulator_value must be positive: %s")
+            "initial_accumulator_value must be positive: %s", nan_passes=True)
     _validate_kernel_args(learning_rate, l1_regularization_strength, l2_regularization_strength)
     rd = RuleDef(
         name="ProximalAdagrad",

@@ -178,12 +178,6 @@ def test_initial_accumulator_must_be_positive(factory, name, value):
         factory(0.1, **{name: value})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core divergence from TF1: TF 2.21 checks `value <= 0.0` (`< 0.0`, `> 0.0`) in Python, "
-    "which NaN passes, so Adagrad/ProximalAdagrad/AdagradDA/FTRL constructors accept NaN "
-    "(verified; FTRL's sparse kernel rejects a NaN l1 later, the dense one never), "
-    "while _rule.require rejects NaN for every condition; fix: give require() a flag so the "
-    "constructor checks let NaN through (the kernel checks, lr > 0 etc., do reject NaN)"))
 @pytest.mark.parametrize("factory,name", [
     (co.adagrad, "initial_accumulator_value"),
     (co.proximal_adagrad, "initial_accumulator_value"),
@@ -193,6 +187,9 @@ def test_initial_accumulator_must_be_positive(factory, name, value):
     (co.ftrl, "learning_rate_power"),
 ])
 def test_nan_constructor_values_are_accepted_like_tf1(factory, name):
+    """TF 2.21 checks these in Python as rejections (``if value <= 0.0: raise``), which NaN
+    passes, so the constructors accept NaN (the kernels' own checks, ``lr > 0``, do reject
+    it)."""
     factory(0.1, **{name: math.nan})
 
 
