@@ -155,7 +155,9 @@ class NpzReader:
             index = json.loads(blob.tobytes().decode("utf-8"))
         except DataLossError:
             raise
-        except (zipfile.BadZipFile, ValueError, KeyError, EOFError, OSError) as e:
+        except (zipfile.BadZipFile, ValueError, KeyError, EOFError, OSError,
+                zipfile.LargeZipFile, NotImplementedError, RuntimeError,
+                UnicodeDecodeError) as e:
             raise DataLossError(f"Unable to read checkpoint {self.path}: the file is "
                                 f"truncated or corrupt ({e})") from None
         if not isinstance(index, dict) or index.get("format") != FORMAT:
@@ -167,13 +169,52 @@ class NpzReader:
             self._specs: Dict[str, Spec] = {
                 name: (tuple(int(d) for d in t["shape"]), np.dtype(jnp.dtype(t["dtype"])))
                 for name, t in index["tensors"].items()}
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise DataLossError(f"{self.path}: corrupt index ({e})") from None
+        for name, (shape, dtype) in self._specs.items():
+            if any(d < 0 for d in shape) or not _is_numeric(dtype):
+                raise DataLossError(f"{self.path}: corrupt index entry {name!r} "
+                                    f"({dtype}{list(shape)})")
 
     def _read_member(self, name: str) -> np.ndarray:
+        """One ``.npy`` member, its declared size checked against the archive before any
+        allocation: a header claiming more bytes than the member holds (a crafted 4 TiB
+        shape), a compressed member (compatopt stores, so a "zip bomb" is never inflated),
+        an object dtype or a short member is :class:`DataLossError`, never a
+        ``MemoryError``."""
         # The archive is opened per read: no file handle outlives a call.
-        with zipfile.ZipFile(self.path) as zf, zf.open(name + ".npy") as f:
-            return np.lib.format.read_array(f, allow_pickle=False)
+        with zipfile.ZipFile(self.path) as zf:
+            info = zf.getinfo(name + ".npy")
+            where = f"{self.path}: member {name!r}"
+            if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+                raise DataLossError(f"{where} is compressed or its sizes disagree; compatopt "
+                                    f"stores tensors uncompressed")
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version in ((2, 0), (3, 0)):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise DataLossError(f"{where}: unknown .npy version {version}")
+                if dtype.hasobject:
+                    raise DataLossError(f"{where}: dtype {dtype} is not a tensor dtype")
+                count = 1
+                for d in shape:
+                    if not isinstance(d, int) or d < 0:
+                        raise DataLossError(f"{where}: bad shape {shape}")
+                    count *= d
+                nbytes = count * dtype.itemsize
+                header = f.tell()
+                if header + nbytes != info.file_size:
+                    raise DataLossError(
+                        f"{where}: its header declares shape {tuple(shape)} of {dtype} "
+                        f"({nbytes} bytes) but the member holds {info.file_size - header}")
+                data = f.read(nbytes)
+            if len(data) != nbytes:
+                raise DataLossError(f"{where} is truncated")
+        order = "F" if fortran else "C"
+        return np.frombuffer(data, dtype=dtype, count=count).reshape(shape, order=order).copy()
 
     def specs(self) -> Dict[str, Spec]:
         """``{name: (shape, dtype)}`` of every tensor in the checkpoint."""
@@ -184,7 +225,8 @@ class NpzReader:
         shape, dtype = self._specs[name]
         try:
             a = self._read_member(name)
-        except (zipfile.BadZipFile, ValueError, KeyError, EOFError, OSError) as e:
+        except (zipfile.BadZipFile, ValueError, KeyError, EOFError, OSError,
+                zipfile.LargeZipFile, NotImplementedError, RuntimeError) as e:
             raise DataLossError(f"Unable to read tensor {name!r} from checkpoint "
                                 f"{self.path}: the file is truncated or corrupt ({e})") from None
         if a.dtype != dtype:
