@@ -38,9 +38,10 @@ class Hyper(dict):
         return _numerics.cast(self[name], dtype)
 
     def __missing__(self, name: str) -> jax.Array:
-        # a hyper-parameter given as None: TF1's ``_prepare`` fails converting it
-        raise ValueError(f"Attempt to convert a value (None) with an unsupported type "
-                         f"(<class 'NoneType'>) to a Tensor ('{name}').")
+        # a hyper-parameter given as None: TF1's ``_prepare`` fails converting it (graph
+        # mode's message first, then eager's)
+        raise ValueError(f"None values not supported ('{name}'): Attempt to convert a value "
+                         f"(None) with an unsupported type (<class 'NoneType'>) to a Tensor.")
 
 
 # The names TF1's kernels give their scalar inputs (training_ops.cc), for their messages.

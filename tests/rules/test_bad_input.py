@@ -188,7 +188,8 @@ def test_initial_accumulator_must_be_positive(factory, name, value):
 ])
 def test_nan_constructor_values_are_accepted_like_tf1(factory, name):
     """TF 2.21 checks these in Python as rejections (``if value <= 0.0: raise``), which NaN
-    passes, so the constructors accept NaN (the kernels' own checks, ``lr > 0``, do reject
+    passes, so the constructors accept NaN (re-checked in graph mode with tensorflow-cpu
+    2.21 for all six) (the kernels' own checks, ``lr > 0``, do reject
     it)."""
     factory(0.1, **{name: math.nan})
 
@@ -397,7 +398,8 @@ def _one_apply(rule):
 
 @pytest.mark.parametrize("factory", _CONSTRUCTORS, ids=lambda f: f.__name__)
 def test_learning_rate_none_is_a_value_error_as_tf1(factory):
-    """TF1's ``_prepare`` converts ``None`` and fails with ``ValueError`` (not a KeyError)."""
+    """TF1's ``_prepare`` converts ``None`` and fails with ``ValueError`` (not a KeyError);
+    TF 2.21 graph mode says "None values not supported." (checked with tensorflow-cpu)."""
     kwargs = {"momentum": 0.9} if factory is co.momentum else {}
     with pytest.raises(ValueError, match=r"Attempt to convert a value \(None\)"):
         _one_apply(factory(None, **kwargs))
@@ -405,7 +407,9 @@ def test_learning_rate_none_is_a_value_error_as_tf1(factory):
 
 @pytest.mark.parametrize("factory", _CONSTRUCTORS, ids=lambda f: f.__name__)
 def test_non_scalar_learning_rate_is_rejected_as_tf1(factory):
-    """TF1's kernels: ``lr is not a scalar: [3]`` (an element-wise rate is not applied)."""
+    """TF1's kernels: ``lr is not a scalar: [3]`` (an element-wise rate is not applied).
+    Graph mode already refuses it at graph construction ("Shape must be rank 0 but is rank
+    1", a ValueError, which InvalidArgumentError also is)."""
     kwargs = {"momentum": 0.9} if factory is co.momentum else {}
     with pytest.raises(InvalidArgumentError, match=r"lr is not a scalar: \[3\]"):
         _one_apply(factory(jnp.full(3, 0.1, jnp.float32), **kwargs))
