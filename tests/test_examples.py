@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # each example in its own interpreter
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 TIMEOUT_S = 120
@@ -29,9 +31,6 @@ TIMEOUT_S = 120
 # then the example runs as ``python examples/NAME.py ARGS``.
 _RUNNER = """\
 import runpy, sys, warnings
-
-# each example in its own interpreter
-pytestmark = pytest.mark.slow
 warnings.filterwarnings("error")
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"jax.*")
 sys.argv = sys.argv[1:]
