@@ -89,13 +89,9 @@ def _implicit(value: Any, dtype: Any) -> jax.Array:
     return jnp.asarray(value).astype(dtype)
 
 
-def _is_float(dtype: Any) -> bool:
-    return jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
-
-
 def _require_float(dtype: Any, op: str, expected_first: bool) -> None:
     """TF's kernel type error when an integer learning rate meets ``s / ds`` (float64)."""
-    if _is_float(dtype):
+    if T.is_float(dtype):
         return
     tf_int = _tf_name(dtype)
     expected, got = (tf_int, "double") if expected_first else ("double", tf_int)
@@ -108,7 +104,7 @@ def _require_float32(dtype: Any) -> None:
     """The cosine family multiplies by a float32 ``pi``: any other ``D`` fails as in TF."""
     dtype = jnp.dtype(dtype)
     if dtype != jnp.float32:
-        got = _tf_name(dtype) if _is_float(dtype) else "double"
+        got = _tf_name(dtype) if T.is_float(dtype) else "double"
         raise InvalidArgumentError(
             "cannot compute Mul as input #1(zero-based) was expected to be a float tensor but "
             f"is a {got} tensor [Op:Mul]")
@@ -523,7 +519,7 @@ def noisy_linear_cosine_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
     lr = _convert(learning_rate)
     dtype = lr.dtype
     if dtype != jnp.float32:
-        got = jnp.dtype(dtype).name if _is_float(dtype) else "float64"
+        got = jnp.dtype(dtype).name if T.is_float(dtype) else "float64"
         raise ValueError(
             f"stddev: Tensor conversion requested dtype float32 for Tensor with dtype {got}")
     ds = _cast(decay_steps, dtype)

@@ -43,7 +43,8 @@ def sign(x: jax.Array) -> jax.Array:
     return (x > 0).astype(x.dtype) - (x < 0).astype(x.dtype)
 
 
-def _is_float(dtype: Any) -> bool:
+def is_float(dtype: Any) -> bool:
+    """A floating-point dtype (bfloat16 included)."""
     return jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
 
 
@@ -158,7 +159,7 @@ def tf_transcendental(name: str, x: jax.Array) -> jax.Array:
     float64 ``log`` is glibc's; float64 ``exp`` is XLA's (1 ulp from glibc for ~14 % of inputs).
     """
     dtype = x.dtype
-    if is_concrete(x) and x.ndim == 0 and _is_float(dtype):
+    if is_concrete(x) and x.ndim == 0 and is_float(dtype):
         return jnp.asarray(_host_libm(name, np.asarray(tf_wide(x)))).astype(dtype)
     fn = getattr(jnp, name)
     if dtype == jnp.float64:

@@ -6,7 +6,7 @@ and does them here:
 * **tracing side** — :func:`call_lifted` runs the user's code with chosen variables reading
   as given values (the traced arguments of ``jax.jit``, ``jax.vjp`` or ``jax.shard_map``) in
   a capturing frame, so ``assign`` lands in the result instead of the variable, and reports
-  what the code read, wrote and created. :func:`flatten_output` turns the code's result into
+  what the code read and wrote. :func:`flatten_output` turns the code's result into
   leaves, with Variables read and ``Operation``\\ s marked. Used by ``compatopt.function``,
   ``compatopt.train.shard_map`` and the gradients of ``compute_gradients``.
 * **calling side** (the step driver) — :func:`lift_in` hands a compiled step the variables'
@@ -34,7 +34,6 @@ class Lifted(NamedTuple):
       written_values: their final values (traced inside a trace).
       reads: variables whose value it read (``v.value``, operators), first-read order.
       all_reads: ``reads`` plus reads of variables being written or overridden.
-      created: variables constructed during the call.
     """
 
     out: Any
@@ -42,7 +41,6 @@ class Lifted(NamedTuple):
     written_values: List[Any]
     reads: List[Variable]
     all_reads: List[Variable]
-    created: List[Variable]
 
 
 def call_lifted(fn: Callable, variables: Sequence[Variable], values: Sequence[Any], *args: Any,
@@ -57,7 +55,7 @@ def call_lifted(fn: Callable, variables: Sequence[Variable], values: Sequence[An
         out = fn(*args, **kwargs)
     written = list(frame.writes)
     return Lifted(out, written, [frame.overrides[v] for v in written], list(frame.reads),
-                  list(frame.all_reads), list(frame.created))
+                  list(frame.all_reads))
 
 
 def is_operation(x: Any) -> bool:

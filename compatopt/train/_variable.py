@@ -51,7 +51,7 @@ class Graph(NameCounters):
         names are free again; what other threads created meanwhile stays."""
         with self.lock:
             super().undo(journal)
-            added = {id(v) for (kind, _), v in journal.items() if kind == "added"}
+            added = {id(v) for v in self.created_in(journal)}
             for key, values in self.collections.items():
                 self.collections[key] = [v for v in values if id(v) not in added]
 
@@ -100,7 +100,6 @@ class Frame:
       overrides: ``{variable: value}`` seen by reads instead of the stored value.
       capture: when True, ``assign`` lands in ``overrides`` (and ``writes``) only.
       reads / writes: variables in first-touch order (dicts used as ordered sets).
-      created: variables constructed while the frame was active.
     """
 
     def __init__(self, overrides: Optional[dict] = None, capture: bool = False) -> None:
@@ -109,7 +108,6 @@ class Frame:
         self.reads: dict = {}
         self.all_reads: dict = {}
         self.writes: dict = {}
-        self.created: list = []
         self.sparse_read_hook: Optional[Callable] = None
 
     def __enter__(self) -> "Frame":
@@ -312,8 +310,6 @@ class Variable:
             graph.add_to_collection(key, self)
         if self.trainable and TRAINABLE_VARIABLES not in collections:
             graph.add_to_collection(TRAINABLE_VARIABLES, self)
-        for frame in _frames():
-            frame.created.append(self)
 
     # -- identity and metadata
     @property

@@ -41,7 +41,8 @@ from jax.sharding import PartitionSpec
 
 from compatopt import parallel
 from compatopt._numerics import is_concrete
-from compatopt.train._lifting import call_lifted, flatten_output, lift_in, lift_out, rebuild_output
+from compatopt.train._lifting import (call_lifted, flatten_output, lift_in, lift_out,
+                                      locked_at_top_level, rebuild_output)
 from compatopt.train._operation import Operation
 from compatopt.train._variable import Variable, global_variables, trainable_variables
 from compatopt.train.optimizer import Optimizer
@@ -263,16 +264,17 @@ def shard_map(fn: Optional[Callable] = None, *, mesh, in_specs, out_specs=Partit
             entry = entries[key] = (variables, *build(variables, len(args)))
         for _ in range(3):
             variables, run, info = entry
-            arrays, written = run(lift_in(variables, donate=False), *args)
-            if not info["unknown"]:
-                break
+            with locked_at_top_level(variables):  # the step driver's locks, as in function
+                arrays, written = run(lift_in(variables, donate=False), *args)
+                if not info["unknown"]:
+                    lift_out(info["written"], written, owned=False)
+                    break
             # The step read a variable the probe did not see (a data-dependent branch).
             variables = list(dict.fromkeys([*variables, *info["unknown"]]))
             entry = entries[key] = (variables, *build(variables, len(args)))
         else:  # pragma: no cover
             raise RuntimeError("compatopt.train.shard_map: the variables the step reads keep "
                                "changing; create them outside data-dependent branches")
-        lift_out(info["written"], written, owned=False)
         leaves = list(info["leaves"])
         positions = [i for i, x in enumerate(leaves) if _is_array(x)]
         for i, value in zip(positions, arrays):
