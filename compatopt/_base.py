@@ -102,7 +102,9 @@ class Rule:
         shaped like ``params``, its fields named like TF1's slots.
       apply: ``(grads, state, params) -> (new_params, new_state)``; the new values are
         computed exactly as TF1's kernel computes them.
-      update: ``(grads, state, params) -> (updates, new_state)``, the optax protocol;
+      update: ``(grads, state, params=None, **extra_args) -> (updates, new_state)``, the
+        optax protocol (``GradientTransformationExtraArgs``: extra arguments such as
+        ``value=loss`` are accepted and unused; ``params`` is required);
         ``apply_updates(params, updates)`` lands on the same bits as ``apply`` for every
         rule whose TF1 kernel ends in ``var - delta`` (the updates are ``-delta``).
       name: TF1's default optimizer name (``"Adam"``), also the slot-variable suffix.

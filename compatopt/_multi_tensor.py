@@ -287,7 +287,8 @@ def multi_tensor(rule: Rule, max_leaf_size: int = DEFAULT_MAX_LEAF_SIZE) -> Mult
     def apply(grads: ArrayTree, state, params: ArrayTree):
         return _step(grads, state, params, want_updates=False)
 
-    def update(grads: ArrayTree, state, params: Optional[ArrayTree] = None):
+    def update(grads: ArrayTree, state, params: Optional[ArrayTree] = None, **extra_args):
+        del extra_args  # optax's GradientTransformationExtraArgs: TF1's rules take none
         if params is None:
             raise ValueError(
                 f"{rd.name}: update() needs params (TF1's kernels read the variable)")

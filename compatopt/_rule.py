@@ -34,6 +34,8 @@ class Hyper(dict):
     ``hp.cast(name, dtype)`` is TF1's ``math_ops.cast(self._name_t, var.dtype.base_dtype)``.
     """
 
+    weak: frozenset = frozenset()  # names given as Python scalars to an uncast kernel
+
     def cast(self, name: str, dtype: Any) -> jax.Array:
         return _numerics.cast(self[name], dtype)
 
@@ -70,6 +72,10 @@ class RuleDef:
       deduplicate: sum repeated indices before the sparse kernel (all but GradientDescent).
       check_dense_hyper_dtype: the dense kernel takes hyper-parameters uncast (TF1's
         proximal family), so their dtype must equal the variable's.
+      kernel_checks: ``(name, condition, message)``: TF1's kernels'
+        ``OP_REQUIRES(condition(value))`` on a scalar input, run at every apply on the
+        resolved value (a schedule's or a tensor's) whenever it is concrete, raising
+        ``InvalidArgumentError(message % value)`` (graph mode's run-time check).
       static: constructor arguments that choose a kernel (``use_nesterov``), for ``repr``.
     """
 
@@ -86,6 +92,7 @@ class RuleDef:
     sparse_dtypes: frozenset = ALL_FLOATS
     deduplicate: bool = True
     check_dense_hyper_dtype: tuple = ()
+    kernel_checks: tuple = ()
     static: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -134,6 +141,8 @@ def _check_leaf(rd: RuleDef, where: str, g: Any, p: Any, slots: dict, hp: Hyper)
                 f"{rd.name}: var and grad do not have the same shape {list(p.shape)} "
                 f"{list(g.shape)} (parameter {where})")
         for name in rd.check_dense_hyper_dtype:
+            if name in hp.weak:  # a Python scalar takes the parameter's dtype (JAX's rule)
+                continue
             hdt = jnp.dtype(hp[name].dtype)
             if hdt != dtype:
                 raise TypeError(
@@ -165,20 +174,41 @@ def _check_leaf(rd: RuleDef, where: str, g: Any, p: Any, slots: dict, hp: Hyper)
     _sparse.check_indices(g.indices, p.shape[0], f"{rd.name} ({where})")
 
 
-def _resolve(rd: RuleDef, count: jax.Array) -> Hyper:
+def _resolve(rd: RuleDef, count: jax.Array, check: bool = True) -> Hyper:
     hp = Hyper()
+    weak = set()
     for name, value in rd.hyperparams.items():
         if value is None:
             continue
         if callable(value):
             value = value(count)
-        value = _numerics.to_tf_tensor(value)
+        if (name in rd.check_dense_hyper_dtype and isinstance(value, (int, float))
+                and not isinstance(value, (bool, np.generic))):  # np.float64 is typed
+            # An extension beyond TF1, which converts it to a float32 tensor and then refuses
+            # a float64 variable: the same float32 value, weakly typed, so it takes the
+            # parameter's dtype (the sparse kernels cast that float32 value likewise).
+            weak.add(name)
+            value = jnp.asarray(float(np.float32(value)))
+        else:
+            value = _numerics.to_tf_tensor(value)
         if value.ndim != 0:  # TF1's kernels: OP_REQUIRES(IsScalar(lr.shape()), ...)
             raise InvalidArgumentError(
                 f"{rd.name}: {_KERNEL_INPUT.get(name, name)} is not a scalar: "
                 f"{list(value.shape)}")
         hp[name] = value
+    hp.weak = frozenset(weak)
+    if check:  # at applies, not in init (TF1's kernels check when they run)
+        check_kernel_inputs(rd, hp)
     return hp
+
+
+def check_kernel_inputs(rd: RuleDef, values: Mapping[str, Any]) -> None:
+    """TF1's kernels' checks of their scalar inputs (``rd.kernel_checks``) on the concrete
+    ones among ``values``; tracers are left alone (checked when they are concrete)."""
+    for name, condition, message in rd.kernel_checks:
+        value = values.get(name)
+        if value is not None and not callable(value):
+            require(condition, name, value, message, InvalidArgumentError)
 
 
 def _run_leaf(rd: RuleDef, g, p, slots: dict, hp: Hyper, zero: jax.Array) -> LeafUpdate:
@@ -250,7 +280,7 @@ def build(rd: RuleDef) -> Rule:
                                                if v is not None})).keys())
 
     def concrete_init(params: ArrayTree):
-        hp = _resolve(rd, jnp.zeros((), jnp.int32))
+        hp = _resolve(rd, jnp.zeros((), jnp.int32), check=False)
         fields = {"count": _numerics.initial_count(jax.tree_util.tree_leaves(params))}
         fields.update(rd.non_slots(hp))
         for name, init_fn in rd.slots:
@@ -325,7 +355,8 @@ def build(rd: RuleDef) -> Rule:
     def apply(grads: ArrayTree, state, params: ArrayTree):
         return _step(grads, state, params, want_updates=False)
 
-    def update(grads: ArrayTree, state, params: Optional[ArrayTree] = None):
+    def update(grads: ArrayTree, state, params: Optional[ArrayTree] = None, **extra_args):
+        del extra_args  # optax's GradientTransformationExtraArgs: TF1's rules take none
         if params is None:
             raise ValueError(
                 f"{rd.name}: update() needs params (TF1's kernels read the variable)")
@@ -364,16 +395,6 @@ def require(condition: Callable[[float], bool], name: str, value: Any, message: 
         return
     if math.isnan(x) or not condition(x):
         raise exc(message % (value,))
-
-
-def no_callable(rule_name: str, **values: Any) -> None:
-    """TF1 passes these straight to ``convert_to_tensor``, which rejects a function."""
-    for name, value in values.items():
-        if callable(value):
-            raise ValueError(
-                f"{rule_name}: Attempt to convert a value ({value!r}) with an unsupported type "
-                f"({type(value)}) to a Tensor. TF1's {rule_name} does not call a callable "
-                f"'{name}'; pass a float or an array.")
 
 
 def zeros_slot(p: jax.Array) -> jax.Array:

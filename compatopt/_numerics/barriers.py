@@ -70,12 +70,27 @@ def initial_count(params_leaves: list) -> jax.Array:
     for ±inf/NaN, which the conversion maps to 0), but a float multiply by zero is not an
     identity either XLA or LLVM may fold (NaN and the sign of zero).
     """
-    for leaf in params_leaves:
-        if (isinstance(leaf, jax.core.Tracer) and jnp.size(leaf) > 0
-                and jnp.issubdtype(leaf.dtype, jnp.floating)):
-            x = leaf[(0,) * leaf.ndim]  # no reshape: fine for explicitly sharded leaves
+    candidates = [leaf for leaf in params_leaves
+                  if isinstance(leaf, jax.core.Tracer) and jnp.size(leaf) > 0
+                  and jnp.issubdtype(leaf.dtype, jnp.floating)]
+    for leaf in candidates:
+        if not _explicitly_sharded(leaf):
+            x = leaf[(0,) * leaf.ndim]
             return lax.convert_element_type(x * jnp.zeros((), x.dtype), jnp.int32)
+    if candidates:
+        # Every leaf is sharded over an Explicit mesh axis, where taking one element is a
+        # sharding type error: the max of the smallest leaf times zero (a reduction, which
+        # Explicit sharding allows) is 0 or NaN, as the element would be.
+        leaf = min(candidates, key=jnp.size)
+        x = jnp.max(leaf * jnp.zeros((), leaf.dtype))
+        return lax.convert_element_type(x, jnp.int32)
     return jnp.zeros((), jnp.int32)
+
+
+def _explicitly_sharded(x: jax.Array) -> bool:
+    """``x``'s type names a mesh axis (``jax.sharding.AxisType.Explicit`` sharding)."""
+    spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
+    return spec is not None and any(entry is not None for entry in spec)
 
 
 @jax.custom_jvp

@@ -10,9 +10,11 @@ import jax.numpy as jnp
 from compatopt import _numerics as N
 from compatopt import _sparse as S
 from compatopt._base import ArrayTree, LeafUpdate, Rule
-from compatopt._rule import Hyper, RuleDef, build, constant_slot, no_callable, require, zeros_slot
+from compatopt._rule import ALL_FLOATS, Hyper, RuleDef, build, constant_slot, require, zeros_slot
 
-_DTYPES = frozenset({jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)})
+# TF1 registers AdagradDA for float32 and float64 only; float16 and bfloat16 are an
+# extension, computed as the other rules' half kernels are (float32, rounded every op).
+_DTYPES = ALL_FLOATS
 
 
 class AdagradDAState(NamedTuple):
@@ -122,7 +124,7 @@ def adagrad_da(learning_rate: float,
     ``jax_enable_x64``; otherwise float32, within a few ulp).
 
     Args:
-      learning_rate: float or array (TF1 does not call a callable here).
+      learning_rate: float, array or schedule ``count -> lr`` (a decayed tensor in TF1).
       global_step: ``None`` (default): the rule's own apply count stands in for TF1's
         global step, so the first apply sees ``t = 1``; or a callable ``count -> step``
         returning an integer (the shim passes its global-step variable).
@@ -130,8 +132,9 @@ def adagrad_da(learning_rate: float,
       l1_regularization_strength, l2_regularization_strength: floats.
 
     Returns:
-      A :class:`~compatopt.Rule`; its state is :class:`AdagradDAState`. float32 and
-      float64 parameters only (TF1 has no float16/bfloat16 kernel: ``TypeError``).
+      A :class:`~compatopt.Rule`; its state is :class:`AdagradDAState`. Every float
+      dtype: float16/bfloat16 are an extension beyond TF1 (which has no such kernel),
+      computed on float32 and rounded after every op.
 
     Example:
       >>> import jax.numpy as jnp, compatopt as co
@@ -141,9 +144,6 @@ def adagrad_da(learning_rate: float,
 
     Differences: optax has no dual-averaging Adagrad.
     """
-    no_callable("AdagradDA", learning_rate=learning_rate,
-                l1_regularization_strength=l1_regularization_strength,
-                l2_regularization_strength=l2_regularization_strength)
     require(lambda x: x > 0, "initial_gradient_squared_accumulator_value",
             initial_gradient_squared_accumulator_value,
             "initial_gradient_squared_accumulator_value must be positive: %s", nan_passes=True)

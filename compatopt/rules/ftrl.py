@@ -12,7 +12,7 @@ from compatopt import _numerics as N
 from compatopt import _sparse as S
 from compatopt._base import ArrayTree, LeafUpdate, Rule
 from compatopt._rule import (Hyper, RuleDef, _concrete_float, build, constant_slot,
-                             no_callable, require, zeros_slot)
+                             require, zeros_slot)
 from compatopt.errors import InvalidArgumentError
 
 
@@ -150,7 +150,8 @@ def ftrl(learning_rate: float, learning_rate_power: float = -0.5,
     than -0.5 or 0 results are within a few ulp of TF1 (exact for -0.5 and 0).
 
     Args:
-      learning_rate: float or array (TF1 does not call a callable here).
+      learning_rate: float, array or schedule ``count -> lr`` (a decayed tensor in TF1;
+        checked positive at every apply, as TF1's kernel checks it at run time).
       learning_rate_power: <= 0 (default -0.5).
       initial_accumulator_value: >= 0 (default 0.1).
       l1_regularization_strength, l2_regularization_strength,
@@ -168,12 +169,6 @@ def ftrl(learning_rate: float, learning_rate_power: float = -0.5,
 
     Differences: optax has no FTRL; Keras' ``Ftrl`` is the same kernel.
     """
-    no_callable("Ftrl", learning_rate=learning_rate, learning_rate_power=learning_rate_power,
-                initial_accumulator_value=initial_accumulator_value,
-                l1_regularization_strength=l1_regularization_strength,
-                l2_regularization_strength=l2_regularization_strength,
-                l2_shrinkage_regularization_strength=l2_shrinkage_regularization_strength,
-                beta=beta)
     for name, value in (("initial_accumulator_value", initial_accumulator_value),  # TF1 order
                         ("learning_rate_power", learning_rate_power),
                         ("l1_regularization_strength", l1_regularization_strength),

@@ -2,9 +2,12 @@
 ``ProximalAdagradOptimizer`` (kernels ``Apply/SparseApplyProximal{GradientDescent,Adagrad}``).
 
 Both set the variable from a proximal step (``apply`` is the exact path) and share the
-shrink-and-scale ending. Their dense kernels take the hyper-parameters *uncast*, so with
-Python-float hyper-parameters only float32 variables have a dense kernel (pass float64
-arrays for float64 variables, as in TF1).
+shrink-and-scale ending. Their dense kernels take the hyper-parameters *uncast*: an
+explicitly typed array of another dtype than the variable's is refused (``TypeError``, as
+TF1 refuses it), while a Python scalar is weakly typed and takes the variable's dtype (as a
+JAX user expects). Every hyper-parameter may be a schedule ``count -> value``; TF1's
+run-time checks (ProximalAdagrad: ``lr`` positive, ``l1``/``l2`` non-negative scalars) are
+applied to the value each apply uses (``InvalidArgumentError``, nothing changed).
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import jax.numpy as jnp
 from compatopt import _numerics as N
 from compatopt import _sparse as S
 from compatopt._base import ArrayTree, LeafUpdate, Rule
-from compatopt._rule import Hyper, RuleDef, build, constant_slot, no_callable, require
+from compatopt._rule import ALL_FLOATS, Hyper, RuleDef, build, constant_slot, require
 from compatopt.errors import InvalidArgumentError
 
-_DENSE = frozenset({jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)})
-_SPARSE = frozenset({jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)})
+# TF1 registers these kernels for float32 and float64 only; float16 and bfloat16 are an
+# extension, computed as the other rules' half kernels are (float32, rounded every op).
+_DENSE = _SPARSE = ALL_FLOATS
 _HYPER = ("learning_rate", "l1_regularization_strength", "l2_regularization_strength")
 
 
@@ -98,13 +102,21 @@ def _pa_sparse(g, rows, var, slots, hp: Hyper) -> LeafUpdate:
     return LeafUpdate(slots={"accumulator": new_slot}, value=value, rows=rows)
 
 
+# ProximalAdagrad's kernels' OP_REQUIRES on lr, l1 and l2 (training_ops.cc), at every
+# apply (ProximalGradientDescent's kernels check nothing).
+_KERNEL_CHECKS = (
+    ("learning_rate", lambda x: x > 0, "lr is not a positive scalar: %s"),
+    ("l1_regularization_strength", lambda x: x >= 0,
+     "l1 regularization strength is not a non-negative scalar: %s"),
+    ("l2_regularization_strength", lambda x: x >= 0,
+     "l2 regularization strength is not a non-negative scalar: %s"),
+)
+
+
 def _validate_kernel_args(learning_rate, l1, l2):
-    require(lambda x: x > 0, "learning_rate", learning_rate, "lr is not a positive scalar: %s",
-            InvalidArgumentError)
-    require(lambda x: x >= 0, "l1_regularization_strength", l1,
-            "l1 regularization strength is not a non-negative scalar: %s", InvalidArgumentError)
-    require(lambda x: x >= 0, "l2_regularization_strength", l2,
-            "l2 regularization strength is not a non-negative scalar: %s", InvalidArgumentError)
+    """The kernels' checks on constructor values already concrete, raised at once."""
+    for (name, condition, message), value in zip(_KERNEL_CHECKS, (learning_rate, l1, l2)):
+        require(condition, name, value, message, InvalidArgumentError)
 
 
 def proximal_gradient_descent(learning_rate: float, l1_regularization_strength: float = 0.0,
@@ -122,13 +134,14 @@ def proximal_gradient_descent(learning_rate: float, l1_regularization_strength: 
     ``jax_enable_x64``).
 
     Args:
-      learning_rate, l1_regularization_strength, l2_regularization_strength: floats or
-        arrays (TF1 does not call callables here).
+      learning_rate, l1_regularization_strength, l2_regularization_strength: floats,
+        arrays or schedules ``count -> value`` (TF1's decayed tensors). TF1's kernel
+        checks none of them.
 
     Returns:
-      A :class:`~compatopt.Rule` (state :class:`ProximalGradientDescentState`); dense:
-      float32 parameters (float64 with float64-array hyper-parameters), sparse: float32
-      and float64. ``apply`` is the exact path.
+      A :class:`~compatopt.Rule` (state :class:`ProximalGradientDescentState`); every
+      float dtype, dense and sparse (float16/bfloat16 are an extension beyond TF1,
+      computed on float32 and rounded after every op). ``apply`` is the exact path.
 
     Example:
       >>> import jax.numpy as jnp, compatopt as co
@@ -138,9 +151,6 @@ def proximal_gradient_descent(learning_rate: float, l1_regularization_strength: 
 
     Differences: optax has no proximal optimizers.
     """
-    no_callable("ProximalGradientDescent", learning_rate=learning_rate,
-                l1_regularization_strength=l1_regularization_strength,
-                l2_regularization_strength=l2_regularization_strength)
     rd = RuleDef(
         name="ProximalGradientDescent",
         state_type=ProximalGradientDescentState,
@@ -174,10 +184,11 @@ def proximal_adagrad(learning_rate: float, initial_accumulator_value: float = 0.
     correctly rounded ``1/sqrt`` (see :func:`compatopt.adagrad`).
 
     Args:
-      learning_rate: > 0 (``InvalidArgumentError``, TF1's kernel check).
+      learning_rate: > 0 (``InvalidArgumentError``, TF1's kernel check); a float, an
+        array or a schedule ``count -> lr``, checked on the value of every apply.
       initial_accumulator_value: > 0 (``ValueError``).
       l1_regularization_strength, l2_regularization_strength: >= 0
-        (``InvalidArgumentError``).
+        (``InvalidArgumentError``); floats, arrays or schedules, checked likewise.
 
     Returns:
       A :class:`~compatopt.Rule` (state :class:`ProximalAdagradState`); dtypes as
@@ -191,9 +202,6 @@ def proximal_adagrad(learning_rate: float, initial_accumulator_value: float = 0.
 
     Differences: optax has no proximal optimizers.
     """
-    no_callable("ProximalAdagrad", learning_rate=learning_rate,
-                l1_regularization_strength=l1_regularization_strength,
-                l2_regularization_strength=l2_regularization_strength)
     require(lambda x: x > 0, "initial_accumulator_value", initial_accumulator_value,
             "initial_accumulator_value must be positive: %s", nan_passes=True)
     _validate_kernel_args(learning_rate, l1_regularization_strength, l2_regularization_strength)
@@ -208,6 +216,7 @@ def proximal_adagrad(learning_rate: float, initial_accumulator_value: float = 0.
         dense_dtypes=_DENSE,
         sparse_dtypes=_SPARSE,
         check_dense_hyper_dtype=_HYPER,
+        kernel_checks=_KERNEL_CHECKS,
         static={"initial_accumulator_value": initial_accumulator_value},
     )
     return build(rd)

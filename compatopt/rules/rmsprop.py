@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from compatopt import _numerics as N
 from compatopt import _sparse as S
@@ -91,8 +90,8 @@ def rmsprop(learning_rate: ScalarOrSchedule, decay: ScalarOrSchedule = 0.9,
       centered: use the centered variant (adds the ``mg`` slot).
 
     Returns:
-      A :class:`~compatopt.Rule`; its state is :class:`RMSPropState`. Sparse bfloat16 has
-      no TF1 kernel (``TypeError``).
+      A :class:`~compatopt.Rule`; its state is :class:`RMSPropState`. Sparse bfloat16 is an
+      extension beyond TF1 (no such kernel there), computed on float32 carriers.
 
     Example:
       >>> import jax.numpy as jnp, compatopt as co
@@ -119,7 +118,7 @@ def rmsprop(learning_rate: ScalarOrSchedule, decay: ScalarOrSchedule = 0.9,
                      "epsilon": epsilon},
         dense=dense,
         sparse=sparse,
-        sparse_dtypes=ALL_FLOATS - {jnp.dtype(jnp.bfloat16)},
+        sparse_dtypes=ALL_FLOATS,  # bfloat16: an extension (TF1 has no such kernel)
         static={"centered": bool(centered)},
     )
     return build(rd)

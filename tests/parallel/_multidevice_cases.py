@@ -83,6 +83,26 @@ def test_init_slots_take_the_parameter_sharding(name, axis_type):
 
 
 @pytest.mark.parametrize("name", sorted(RULES))
+def test_jitted_init_when_every_leaf_is_explicitly_sharded(name):
+    """Under ``jit`` on an Explicit mesh, taking one element of a sharded leaf is a sharding
+    type error; the count must still start at 0 (and at 0 with a NaN in the parameters)."""
+    mesh = mesh_2d("explicit")
+    params, _, _ = _problem(mesh)
+    params = {k: v for k, v in params.items() if k != "b"}  # only the sharded leaves
+    rule = RULES[name]()
+    with jax.set_mesh(mesh):
+        state = jax.jit(rule.init)(params)
+        nan_params = dict(params, w=params["w"] * jnp.float32(np.nan))
+        nan_state = jax.jit(rule.init)(nan_params)
+    for s in (state, nan_state):
+        counts = [leaf for leaf in jax.tree_util.tree_leaves(s) if leaf.dtype == jnp.int32]
+        assert counts and all(int(c) == 0 for c in counts), counts
+    for slot, leaves in slot_leaves(rule, state).items():
+        for leaf, p in zip(leaves, jax.tree_util.tree_leaves(params)):
+            assert leaf.sharding.spec == p.sharding.spec, (slot, leaf.sharding, p.sharding)
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
 def test_abstract_init_on_shape_dtype_structs(name):
     mesh = mesh_2d()
     rule = RULES[name]()

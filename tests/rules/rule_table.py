@@ -34,11 +34,14 @@ class RuleSpec:
       id: pytest id.
       factory: the public constructor (``co.adam``...).
       kwargs: one hyper-parameter set, in TF1's valid range.
-      dense_dtypes / sparse_dtypes: parameter dtypes TF1 has kernels for (Python-float
-        hyper-parameters); the proximal dense kernels take float64 only with float64 arrays.
+      dense_dtypes / sparse_dtypes: parameter dtypes with a kernel (Python-float
+        hyper-parameters): all four; TF1 has no half kernels for AdagradDA, the proximal
+        pair and sparse bfloat16 RMSProp (compatopt's extension), and its proximal dense
+        kernels refuse a float32 hyper-parameter on float64 (a Python float is weak here).
       update_exact: ``apply_updates(p, update(...))`` is bitwise ``apply(...)`` (the kernel
         ends in ``var - delta``): GradientDescent, Momentum, Adagrad, Adadelta, Adam, RMSProp.
-      callable_args: the hyper-parameters TF1 calls when given a callable (spec §8.18).
+      callable_args: the hyper-parameters TF1 takes as tensors, which every rule accepts as
+        ``count -> value`` schedules.
       sparse_rows: how a rank-2 sparse apply with unique indices compares with the dense
         apply on the rows it touches: ``"exact"`` (TF1's sparse row formula is the dense
         one) or ``"close"`` (another operation order; a few ulp).
@@ -71,9 +74,7 @@ def _spec(id, factory, kwargs, *, dense=ALL, sparse=ALL, update_exact=True, call
                     tuple(callables), sparse_rows, sparse_all_rows, name)
 
 
-_DA = (F32, F64)
-_PROX_DENSE = (F32,)
-_PROX_SPARSE = (F32, F64)
+_DA_HYPERS = ("learning_rate", "l1_regularization_strength", "l2_regularization_strength")
 
 RULES = (
     _spec("gradient_descent", co.gradient_descent, {"learning_rate": 0.1},
@@ -85,41 +86,45 @@ RULES = (
           callables=("learning_rate", "momentum"), sparse_rows="close", name="Momentum"),
     _spec("adagrad", co.adagrad, {"learning_rate": 0.1, "initial_accumulator_value": 0.1},
           callables=("learning_rate",), name="Adagrad"),
-    _spec("adagrad_da", co.adagrad_da, {"learning_rate": 0.1}, dense=_DA, sparse=_DA,
-          update_exact=False, sparse_rows="close", name="AdagradDA"),
+    _spec("adagrad_da", co.adagrad_da, {"learning_rate": 0.1}, update_exact=False,
+          callables=("learning_rate",), sparse_rows="close", name="AdagradDA"),
     _spec("adagrad_da_l1l2", co.adagrad_da,
           {"learning_rate": 0.1, "initial_gradient_squared_accumulator_value": 0.2,
            "l1_regularization_strength": 0.01, "l2_regularization_strength": 0.02},
-          dense=_DA, sparse=_DA, update_exact=False, sparse_rows="close", name="AdagradDA"),
+          update_exact=False, callables=_DA_HYPERS, sparse_rows="close", name="AdagradDA"),
     _spec("adadelta", co.adadelta, {"learning_rate": 1.0, "rho": 0.95, "epsilon": 1e-6},
           callables=("learning_rate", "rho", "epsilon"), name="Adadelta"),
     _spec("adam", co.adam, {"learning_rate": 0.01, "beta1": 0.9, "beta2": 0.999,
                             "epsilon": 1e-8},
           callables=("learning_rate", "beta1", "beta2", "epsilon"), sparse_rows="close",
           sparse_all_rows=True, name="Adam"),
-    _spec("ftrl", co.ftrl, {"learning_rate": 0.1}, update_exact=False, name="Ftrl"),
+    _spec("ftrl", co.ftrl, {"learning_rate": 0.1}, update_exact=False,
+          callables=("learning_rate",), name="Ftrl"),
     _spec("ftrl_reg", co.ftrl,
           {"learning_rate": 0.1, "learning_rate_power": -0.3, "initial_accumulator_value": 0.2,
            "l1_regularization_strength": 0.01, "l2_regularization_strength": 0.02,
            "l2_shrinkage_regularization_strength": 0.01, "beta": 0.1},
-          update_exact=False, name="Ftrl"),
+          update_exact=False, callables=("learning_rate", "learning_rate_power",
+                                         "l1_regularization_strength",
+                                         "l2_regularization_strength",
+                                         "l2_shrinkage_regularization_strength", "beta"),
+          name="Ftrl"),
     _spec("proximal_gradient_descent", co.proximal_gradient_descent,
           {"learning_rate": 0.1, "l1_regularization_strength": 0.01,
            "l2_regularization_strength": 0.01},
-          dense=_PROX_DENSE, sparse=_PROX_SPARSE, update_exact=False,
-          name="ProximalGradientDescent"),
+          update_exact=False, callables=_DA_HYPERS, name="ProximalGradientDescent"),
     _spec("proximal_adagrad", co.proximal_adagrad,
           {"learning_rate": 0.1, "initial_accumulator_value": 0.1,
            "l1_regularization_strength": 0.0, "l2_regularization_strength": 0.01},
-          dense=_PROX_DENSE, sparse=_PROX_SPARSE, update_exact=False, name="ProximalAdagrad"),
+          update_exact=False, callables=_DA_HYPERS, name="ProximalAdagrad"),
     _spec("rmsprop", co.rmsprop, {"learning_rate": 0.01, "decay": 0.9, "momentum": 0.9,
                                   "epsilon": 1e-10},
-          sparse=(F16, F32, F64), callables=("learning_rate", "decay", "momentum", "epsilon"),
+          callables=("learning_rate", "decay", "momentum", "epsilon"),
           sparse_rows="close", name="RMSProp"),
     _spec("rmsprop_centered", co.rmsprop,
           {"learning_rate": 0.01, "decay": 0.9, "momentum": 0.5, "epsilon": 1e-10,
            "centered": True},
-          sparse=(F16, F32, F64), callables=("learning_rate", "decay", "momentum", "epsilon"),
+          callables=("learning_rate", "decay", "momentum", "epsilon"),
           sparse_rows="close", name="RMSProp"),
 )
 

@@ -167,3 +167,23 @@ def test_injected_ftrl_learning_rate_power_traced_takes_the_generic_power_path()
         got, _ = _run_update(injected, params)
         want, _ = _run_update(co.ftrl(0.1, learning_rate_power=lrp), params)
         assert_trees_bitwise_equal(got, want, f"lr_power={lrp} ")
+
+
+@pytest.mark.parametrize("spec", RULES, ids=str)
+def test_update_takes_optax_extra_args(spec):
+    """optax's ``GradientTransformationExtraArgs`` protocol: ``update(..., value=loss)``
+    gives the same bits as without, directly and inside a chain with an extra-args
+    transformation that reads ``value`` (``optax.contrib.reduce_on_plateau``)."""
+    rule = spec.make()
+    params, grads = random_tree(0), random_tree(1)
+    state = rule.init(params)
+    plain = jax.jit(rule.update)(grads, state, params)
+    extra = jax.jit(lambda g, s, p: rule.update(g, s, p, value=jnp.float32(2.0)))(
+        grads, state, params)
+    assert_trees_bitwise_equal(extra, plain)
+    tx = optax.chain(rule, optax.contrib.reduce_on_plateau(patience=1))
+    chained_state = tx.init(params)
+    for _ in range(3):
+        updates, chained_state = tx.update(grads, chained_state, params, value=jnp.float32(1.0))
+    assert_trees_bitwise_equal(jax.tree_util.tree_map(jnp.shape, updates),
+                               jax.tree_util.tree_map(jnp.shape, plain[0]))

@@ -127,7 +127,10 @@ def _check_steps(draw, name, dtype, shapes, make_grad):
     params = {k: _values(draw, s, 2.0, dtype) for k, s in shapes.items()}
     state = rule.init(params)
     before = avals((params, state))
-    arrays = {k: np.float32(v) for k, v in hyper.items()}
+    # Traced hyper-parameters are float32 arrays (as inject_hyperparams makes them), except
+    # those an uncast kernel (the proximal pair) takes: arrays of the parameters' dtype.
+    uncast = set(rule.definition.check_dense_hyper_dtype)
+    arrays = {k: np.asarray(v, dtype if k in uncast else np.float32) for k, v in hyper.items()}
     step = _stepper(name, static)
     for _ in range(2):
         grads = {k: make_grad(draw, k, s) for k, s in shapes.items()}
