@@ -11,6 +11,7 @@ from compatopt.train._global_step import (
     get_or_create_global_step as get_or_create_global_step,
     global_step as global_step,
 )
+from compatopt.train._lazy import LazyTensor as LazyTensor, lazy as lazy
 from compatopt.train._operation import Operation as Operation
 from compatopt.train.cross_shard import (
     CrossShardOptimizer as CrossShardOptimizer,

@@ -22,8 +22,9 @@ from typing import Any, Callable, Dict, Optional, cast
 import jax
 import jax.numpy as jnp
 
-from compatopt import _numerics, _sparse
+from compatopt import _numerics, _rule, _sparse
 from compatopt._base import IndexedSlices, Rule
+from compatopt.train._lazy import LazyTensor
 from compatopt.train._slots import create_slot
 from compatopt.train._variable import Variable
 from compatopt.train.optimizer import Optimizer
@@ -41,6 +42,10 @@ _HOOKS = ("_create_slots", "_prepare", "_apply_dense", "_resource_apply_dense",
           "_apply_sparse", "_resource_apply_sparse", "_apply_sparse_duplicate_indices",
           "_resource_apply_sparse_duplicate_indices", "_finish", "_apply_updates")
 _BUILTINS: set = set()
+
+
+def _placeholder(count: jax.Array) -> jax.Array:
+    return jnp.zeros((), jnp.float32)
 
 
 def _is_static(value: Any) -> bool:
@@ -69,7 +74,9 @@ class RuleOptimizer(Optimizer):
         self._dyn: Dict[str, jax.Array] = {}
         self._jit_apply = jax.jit(self._pure_apply)
         self._jit_finish = jax.jit(self._pure_finish)
-        self._meta = self._build({k: jnp.zeros((), jnp.float32) for k in self._dynamic_keys()})
+        # Schedule placeholders for the dynamic values: the rule validates a concrete value,
+        # and a zero would fail ProximalAdagrad's ``lr > 0`` (only structure is read here).
+        self._meta = self._build({k: _placeholder for k in self._dynamic_keys()})
         slot_names = [name for name, _ in self._meta.definition.slots]
         state = jax.eval_shape(self._meta.init, [])
         self._names = (slot_names, [f for f in state._fields if f != "count"
@@ -117,7 +124,9 @@ class RuleOptimizer(Optimizer):
 
     # ---------------------------------------------------------------------- TF1 hooks
     def _resolve(self, name: str, value: Any) -> jax.Array:
-        if callable(value) and not isinstance(value, Variable):
+        if isinstance(value, LazyTensor):  # a decayed rate: a tensor in TF1 graph mode
+            value = value()
+        elif callable(value) and not isinstance(value, Variable):
             if not self._callables_ok:
                 raise ValueError(f"Attempt to convert a value ({value!r}) with an unsupported "
                                  f"type ({type(value)}) to a Tensor.")
@@ -127,7 +136,11 @@ class RuleOptimizer(Optimizer):
         return _numerics.to_tf_tensor(value)
 
     def _prepare(self) -> None:
-        self._dyn = {k: self._resolve(k, self._args[k]) for k in self._dynamic_keys()}
+        dyn = {k: self._resolve(k, self._args[k]) for k in self._dynamic_keys()}
+        # TF1's kernels check their scalar inputs when they run (graph mode): here, on the
+        # values this step reads, before anything is computed or written.
+        _rule.check_kernel_inputs(self._meta.definition, dyn)
+        self._dyn = dyn
 
     def _create_slots(self, var_list) -> None:
         names = [n for n in self._non_slot_names() if self._get_non_slot_variable(n) is None]

@@ -2,8 +2,12 @@
 
 TF1 in eager mode returns ``functools.partial(schedule, global_step)``: a zero-argument
 callable that reads the step each time it is called, so the decayed value follows the step
-variable as the optimizer increments it. These wrappers do the same over
-:mod:`compatopt.schedules` (all the arithmetic lives there, bit-exact with TF):
+variable as the optimizer increments it. Here that callable is a
+:class:`~compatopt.train.LazyTensor`, so arithmetic on it (a warmup blend, ``lr * 0.5``)
+stays lazy as on a TF1 graph tensor, and every optimizer accepts it as a learning rate
+(FTRL, the proximal pair and AdagradDA included, whose TF1 kernels take a decayed tensor).
+These wrappers do the same over :mod:`compatopt.schedules` (all the arithmetic lives there,
+bit-exact with TF):
 
 * ``global_step`` is anything with a ``.value`` (a :class:`compatopt.Variable`, read at each
   call) or an integer array / Python int (a constant step);
@@ -34,12 +38,13 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 
 from compatopt import schedules
+from compatopt.train._lazy import LazyTensor
 
 __all__ = ["exponential_decay", "natural_exp_decay", "inverse_time_decay", "polynomial_decay",
            "cosine_decay", "cosine_decay_restarts", "linear_cosine_decay",
            "noisy_linear_cosine_decay", "piecewise_constant", "piecewise_constant_decay"]
 
-DecayedLearningRate = Callable[[], jax.Array]
+DecayedLearningRate = LazyTensor
 
 
 def _read(global_step: Any) -> Any:
@@ -58,7 +63,7 @@ def _partial(make: Callable[[], schedules.Schedule], global_step: Any) -> Decaye
     def decayed_learning_rate() -> jax.Array:
         return make()(_read(global_step))
 
-    return decayed_learning_rate
+    return LazyTensor(decayed_learning_rate, "decayed_learning_rate")
 
 
 def exponential_decay(learning_rate: Any, global_step: Any, decay_steps: Any, decay_rate: Any,
@@ -163,7 +168,7 @@ def piecewise_constant(x: Any, boundaries: Sequence[Any], values: Sequence[Any],
     """
     del name
     schedule = schedules.piecewise_constant_for(_read(x), boundaries, values)
-    return lambda: schedule(_read(x))
+    return LazyTensor(lambda: schedule(_read(x)), "piecewise_constant")
 
 
 piecewise_constant_decay = piecewise_constant
