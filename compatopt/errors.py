@@ -27,3 +27,26 @@ class FailedPreconditionError(OpError, RuntimeError):
 
 class DataLossError(OpError, IOError):
     """A checkpoint file is truncated or corrupt (``tf.errors.DataLossError``)."""
+
+
+class NotAVariableError(TypeError, ValueError, NotImplementedError, AttributeError):
+    """Something other than a ``compatopt.Variable`` where an optimizer needs one (in
+    ``var_list`` or as the target in ``grads_and_vars``).
+
+    The seed's contract says ``TypeError``. TF1 is less regular (recorded in
+    ``tests/fixtures/tf1/error_contract``): graph mode raises ``NotImplementedError``
+    ("Trying to update a Tensor") for a tensor target, ``AttributeError`` ("... has no
+    attribute 'op'") for other objects, ``ValueError`` ("No gradients provided") for a
+    tensor in ``minimize``'s ``var_list``; eager raises ``ValueError`` ("Passed in object
+    ... not tf.Tensor or tf.Variable"). Earlier compatopt raised ``NotImplementedError``.
+    Every one of these ``except`` clauses catches it.
+    """
+
+
+class MalformedGradientsError(TypeError, ValueError):
+    """A ``grads_and_vars`` entry that is not a ``(gradient, variable)`` pair, or a gradient
+    that is not an array, an ``IndexedSlices`` or ``None``.
+
+    The seed's contract says ``TypeError``; TF1 raises ``ValueError`` for a wrong-length
+    entry (tuple unpacking) and, eagerly, for an unconvertible gradient: both catch it.
+    """

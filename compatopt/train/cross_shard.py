@@ -45,7 +45,7 @@ from compatopt.train._lifting import (call_lifted, flatten_output, lift_in, lift
                                       locked_at_top_level, rebuild_output)
 from compatopt.train._operation import Operation
 from compatopt.train._variable import Variable, global_variables, trainable_variables
-from compatopt.train.optimizer import Optimizer
+from compatopt.train.optimizer import Optimizer, check_grads_and_vars
 
 _log = logging.getLogger("compatopt")
 
@@ -170,7 +170,7 @@ class CrossShardOptimizer(Optimizer):
     def apply_gradients(self, grads_and_vars, global_step: Optional[Variable] = None,
                         name: Optional[str] = None) -> Operation:
         """Sums every gradient over the replicas, then the wrapped optimizer applies them."""
-        grads_and_vars = tuple(grads_and_vars)
+        grads_and_vars = check_grads_and_vars(grads_and_vars)
         axes = self._axes()
         if axes is not None and self._num_shards() is not None:
             grads = parallel.reduce_gradients(

@@ -15,10 +15,13 @@ import contextlib
 import threading
 from typing import Any, Callable, List, Optional
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from compatopt import _sparse
 from compatopt._base import IndexedSlices
+from compatopt.errors import MalformedGradientsError, NotAVariableError
 from compatopt.train._gradients import value_and_grads
 from compatopt.train._lifting import call_lifted, lift_out, nested
 from compatopt.train._operation import Operation
@@ -35,14 +38,60 @@ class AggregationMethod:
     EXPERIMENTAL_ACCUMULATE_N = 2
 
 
-def _convert_grad(g: Any) -> Any:
+def _convert_grad(g: Any, v: Any) -> Any:
     if g is None or isinstance(g, IndexedSlices):
         return g
     try:
         return to_array(g)
     except (TypeError, ValueError):
-        raise ValueError(f"Attempt to convert a value ({g!r}) with an unsupported type "
-                         f"({type(g)}) to a Tensor.") from None
+        raise MalformedGradientsError(
+            f"Gradient must be convertible to a Tensor or IndexedSlices, or None: {g!r} "
+            f"(the gradient for {_describe(v)})") from None
+
+
+def _describe(v: Any) -> str:
+    """``variable 'w'`` for a Variable, else the object's type and a short repr."""
+    if isinstance(v, Variable):
+        return f"variable '{v.op.name}'"
+    text = repr(v)
+    kind = ("jax.Array" if isinstance(v, jax.Array) else
+            "numpy.ndarray" if isinstance(v, np.ndarray) else type(v).__name__)
+    return f"{text[:60] + '...' if len(text) > 60 else text} (type {kind})"
+
+
+def _not_a_variable(where: str, v: Any) -> NotAVariableError:
+    return NotAVariableError(
+        f"Trying to optimize unsupported type: {where} is {_describe(v)}, not a "
+        f"compatopt.Variable; pass the Variable itself (not its .value)")
+
+
+def check_grads_and_vars(grads_and_vars: Any) -> tuple:
+    """``grads_and_vars`` as a tuple of ``(gradient, Variable)`` pairs, gradients converted.
+
+    Raises (before anything is changed): ``ValueError`` if it is empty,
+    :class:`~compatopt.errors.MalformedGradientsError` for an entry that is not a pair or an
+    unconvertible gradient, :class:`~compatopt.errors.NotAVariableError` for a target that
+    is not a Variable, ``TypeError`` if it is not iterable.
+    """
+    grads_and_vars = tuple(grads_and_vars)
+    if not grads_and_vars:
+        raise ValueError("No variables provided.")
+    pairs = []
+    for i, entry in enumerate(grads_and_vars):
+        if not isinstance(entry, (tuple, list)):
+            # TF1 eager unpacks an array entry and then finds no variable in it
+            # (NotImplementedError); graph mode refuses to iterate it (TypeError).
+            raise NotAVariableError(
+                f"grads_and_vars[{i}] is {_describe(entry)}, not a (gradient, variable) pair")
+        if len(entry) != 2:
+            raise MalformedGradientsError(
+                f"grads_and_vars[{i}] is a {type(entry).__name__} of {len(entry)} elements, "
+                f"not a (gradient, variable) pair")
+        g, v = entry
+        if not isinstance(v, Variable):
+            raise _not_a_variable(f"the target of grads_and_vars[{i}]", v)
+        pairs.append((_convert_grad(g, v), v))
+    return tuple(pairs)
 
 
 class Optimizer(SlotsMixin):
@@ -97,9 +146,11 @@ class Optimizer(SlotsMixin):
                                "function when eager execution is enabled.")
         if var_list is not None:
             var_list = _flatten(var_list)
-            for v in var_list:
+            if not var_list:
+                raise ValueError("No variables to optimize.")  # TF1 graph mode
+            for i, v in enumerate(var_list):
                 if not isinstance(v, Variable):
-                    raise NotImplementedError("Trying to optimize unsupported type ", v)
+                    raise _not_a_variable(f"var_list[{i}]", v)
         _, grads_and_vars = value_and_grads(loss, var_list, grad_loss)
         return grads_and_vars
 
@@ -142,15 +193,7 @@ class Optimizer(SlotsMixin):
                          lambda: self._apply(grads_and_vars, global_step, name))
 
     def _apply(self, grads_and_vars, global_step, name) -> None:
-        grads_and_vars = tuple(grads_and_vars)
-        if not grads_and_vars:
-            raise ValueError("No variables provided.")
-        pairs = []
-        for g, v in grads_and_vars:
-            g = _convert_grad(g)
-            if not isinstance(v, Variable):
-                raise NotImplementedError("Trying to optimize unsupported type ", v)
-            pairs.append((g, v))
+        pairs = check_grads_and_vars(grads_and_vars)
         var_list = [v for g, v in pairs if g is not None]
         if not var_list:
             raise ValueError("No gradients provided for any variable: %s."
