@@ -8,6 +8,7 @@ Two layers:
 """
 
 from compatopt import errors as errors, schedules as schedules
+from compatopt import loss_scaling as loss_scaling
 from compatopt._base import (
     ArrayTree as ArrayTree,
     IndexedSlices as IndexedSlices,

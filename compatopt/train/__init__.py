@@ -13,6 +13,7 @@ from compatopt.train._global_step import (
 )
 from compatopt.train._lazy import LazyTensor as LazyTensor, lazy as lazy
 from compatopt.train._operation import Operation as Operation
+from compatopt.train import experimental as experimental
 from compatopt.train.cross_shard import (
     CrossShardOptimizer as CrossShardOptimizer,
     shard_map as shard_map,
