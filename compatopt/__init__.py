@@ -9,6 +9,11 @@ Two layers:
 
 from compatopt import errors as errors, schedules as schedules
 from compatopt import loss_scaling as loss_scaling
+from compatopt.tf1_mode import (
+    get_tf1_mode as get_tf1_mode,
+    set_tf1_mode as set_tf1_mode,
+    tf1_mode as tf1_mode,
+)
 from compatopt._base import (
     ArrayTree as ArrayTree,
     IndexedSlices as IndexedSlices,

@@ -35,6 +35,15 @@ class Hyper(dict):
     """
 
     weak: frozenset = frozenset()  # names given as Python scalars to an uncast kernel
+    # names given as concrete values (not schedules, not traced): TF1 graph mode would hold
+    # them as Const nodes, which Grappler folds and pushes down (spec §1.6)
+    constant: frozenset = frozenset()
+
+    def with_values(self, values: Mapping[str, Any]) -> "Hyper":
+        """The same names' flags over other values (traced copies)."""
+        hp = Hyper(values)
+        hp.weak, hp.constant = self.weak, self.constant
+        return hp
 
     def cast(self, name: str, dtype: Any) -> jax.Array:
         return _numerics.cast(self[name], dtype)
@@ -176,12 +185,14 @@ def _check_leaf(rd: RuleDef, where: str, g: Any, p: Any, slots: dict, hp: Hyper)
 
 def _resolve(rd: RuleDef, count: jax.Array, check: bool = True) -> Hyper:
     hp = Hyper()
-    weak = set()
+    weak, constant = set(), set()
     for name, value in rd.hyperparams.items():
         if value is None:
             continue
         if callable(value):
             value = value(count)
+        elif _numerics.is_concrete(value):
+            constant.add(name)
         if (name in rd.check_dense_hyper_dtype and isinstance(value, (int, float))
                 and not isinstance(value, (bool, np.generic))):  # np.float64 is typed
             # An extension beyond TF1, which converts it to a float32 tensor and then refuses
@@ -196,7 +207,7 @@ def _resolve(rd: RuleDef, count: jax.Array, check: bool = True) -> Hyper:
                 f"{rd.name}: {_KERNEL_INPUT.get(name, name)} is not a scalar: "
                 f"{list(value.shape)}")
         hp[name] = value
-    hp.weak = frozenset(weak)
+    hp.weak, hp.constant = frozenset(weak), frozenset(constant)
     if check:  # at applies, not in init (TF1's kernels check when they run)
         check_kernel_inputs(rd, hp)
     return hp
@@ -226,7 +237,7 @@ def _run_leaf(rd: RuleDef, g, p, slots: dict, hp: Hyper, zero: jax.Array) -> Lea
         if not low_precision:
             return kernel(*args, hp)
         # float16/bfloat16: round every operation, as TF1's per-op float32 round trip.
-        return _numerics.round_every_op(lambda *a: kernel(*a[:-1], Hyper(a[-1])))(
+        return _numerics.round_every_op(lambda *a: kernel(*a[:-1], hp.with_values(a[-1])))(
             *args, dict(hp))
 
     if isinstance(g, IndexedSlices):

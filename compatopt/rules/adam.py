@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from compatopt import _numerics as N
 from compatopt import _sparse as S
+from compatopt.tf1_mode import graph_mode
 from compatopt._base import ArrayTree, LeafUpdate, Rule, ScalarOrSchedule
 from compatopt._rule import Hyper, RuleDef, build, zeros_slot
 
@@ -48,14 +49,19 @@ def _dense(g, var, slots, hp: Hyper) -> LeafUpdate:
 
 
 def _sparse(g, rows, var, slots, hp: Hyper) -> LeafUpdate:
-    # TF1 _apply_sparse_shared: decays every row, scatter-adds the listed rows (eager order).
+    # TF1 _apply_sparse_shared: decays every row, scatter-adds the listed rows.
     T = g.dtype
     beta1 = hp.cast("beta1", T)
     beta2 = hp.cast("beta2", T)
     eps = hp.cast("epsilon", T)
     lr2 = _alpha(hp, T)
     m = S.scatter_add(N.mul(slots["m"], beta1), rows, N.mul(g, 1 - beta1))
-    v = S.scatter_add(N.mul(slots["v"], beta2), rows, N.mul(g * g, 1 - beta2))
+    if graph_mode() and "beta2" in hp.constant:
+        # Grappler pushes the folded constant ``1 - beta2`` down: ``g * (g * (1 - beta2))``
+        scaled_gg = N.mul(g, N.mul(g, 1 - beta2))
+    else:
+        scaled_gg = N.mul(g * g, 1 - beta2)  # eager, or beta2 a tensor (not folded)
+    v = S.scatter_add(N.mul(slots["v"], beta2), rows, scaled_gg)
     delta = N.div(lr2 * m, jnp.sqrt(v) + eps)
     return LeafUpdate(slots={"m": m, "v": v}, delta=delta)
 
@@ -92,7 +98,9 @@ def adam(learning_rate: ScalarOrSchedule = 0.001, beta1: ScalarOrSchedule = 0.9,
         v = v * beta2;  v[idx] += (g * g) * (1 - beta2)
         var = var - ((lr2 * m) / (sqrt(v) + eps))          # lr2 = alpha
 
-    (the eager order; TF1 graph mode's Grappler computes ``g * (g * (1 - beta2))``).
+    in TF1 eager mode. In graph mode (compatopt's default, :func:`compatopt.set_tf1_mode`)
+    Grappler folds a constant ``beta2`` and computes ``v[idx] += g * (g * (1 - beta2))``;
+    a ``beta2`` schedule or traced array is not a constant there, so keeps the eager order.
 
     Args:
       learning_rate: float, array or callable ``count -> lr`` (default 0.001).

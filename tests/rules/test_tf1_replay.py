@@ -48,6 +48,11 @@ import compatopt as co
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "tf1" / "rules"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())["cases"]
+# TF1 graph mode (tools/make_tf1_graph_fixtures.py): every case re-run in a Session from the
+# same inputs; only the cases whose bits differ from eager are stored there.
+GRAPH_FIXTURES = FIXTURES.parent / "rules_graph"
+GRAPH_CASES = {c["name"]: c for c in
+               json.loads((GRAPH_FIXTURES / "manifest.json").read_text())["cases"]}
 PER_CASE = os.environ.get("COMPATOPT_REPLAY_PER_CASE", "") not in ("", "0")
 
 # Max ulp distance on the approximate lanes, measured over all cases of a rule and dtype
@@ -82,12 +87,15 @@ _DOUBLE_RANK1 = {"adagrad_da", "proximal_gradient_descent", "proximal_adagrad"}
 _UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 # Variants: how a case is run.
-#   "tf1":        as recorded; float64 hyper-parameters passed as ``np.float64(x)``;
+#   "tf1":        as recorded in TF1 eager mode, replayed with ``co.tf1_mode("eager")``;
+#                 float64 hyper-parameters passed as ``np.float64(x)``;
+#   "graph":      TF1 graph mode's trajectory (the eager one where graph mode gave the same
+#                 bits), replayed in compatopt's default mode, ``"graph"``;
 #   "hp64-array": float64 hyper-parameters passed as 0-d float64 arrays instead;
 #   "no-x64":     a sparse float32 case whose rank-1 kernel TF runs in double, replayed
 #                 without x64 (the rule falls back to float32 there; ulp tolerance).
 HP64_AS: dict[str, Callable[[float], Any]] = {
-    "tf1": np.float64, "hp64-array": lambda v: np.asarray(v, np.float64),
+    "tf1": np.float64, "graph": np.float64, "hp64-array": lambda v: np.asarray(v, np.float64),
     "no-x64": np.float64}
 
 
@@ -131,9 +139,10 @@ def _hex(x) -> str:
     return f"0x{int(x.view(_UINT[x.dtype.itemsize])):0{2 * x.dtype.itemsize}x} ({x})"
 
 
-def load_case(entry: dict) -> dict[str, np.ndarray]:
-    """The case's arrays, bfloat16 restored from its stored uint16 bits."""
-    with np.load(FIXTURES / entry["file"]) as data:
+def load_case(entry: dict, variant: str = "tf1") -> dict[str, np.ndarray]:
+    """The case's arrays (graph mode's where they differ), bfloat16 restored from bits."""
+    graph = variant == "graph" and not GRAPH_CASES[entry["name"]]["same_as_eager"]
+    with np.load((GRAPH_FIXTURES if graph else FIXTURES) / entry["file"]) as data:
         arrays = {k: data[k] for k in data.files}
     if entry["dtype"] == "bfloat16":
         bf16 = np.dtype(jnp.bfloat16)
@@ -253,7 +262,7 @@ def replay_group(items: list[tuple[dict, str]]) -> dict[tuple[str, str], dict]:
     """
     rules, params, states, checkers, arrays = [], [], [], [], []
     for entry, variant in items:
-        a = load_case(entry)
+        a = load_case(entry, variant)
         rule = build_rule(entry, a, variant)
         p = {n: jnp.asarray(a[f"state/var/{n}"][0]) for n in entry["variables"]}
         s = rule.init(p)
@@ -281,6 +290,8 @@ def _items() -> list[tuple[dict, str]]:
     items = []
     for entry in MANIFEST:
         items.append((entry, "tf1"))
+        if entry["name"] in GRAPH_CASES:
+            items.append((entry, "graph"))
         if entry["hp64"] and entry["rule"].startswith("proximal"):
             items.append((entry, "hp64-array"))
         if (entry["sparse"] and entry["dtype"] == "float32" and entry["rule"] in _DOUBLE_RANK1
@@ -296,7 +307,12 @@ ITEMS = _items()
 def _group_key(entry: dict, variant: str) -> tuple:
     if PER_CASE:
         return (entry["name"], variant)
-    return (entry["rule"], needs_x64(entry, variant), json.dumps(entry["none_steps"]))
+    return (entry["rule"], needs_x64(entry, variant), json.dumps(entry["none_steps"]),
+            _mode(variant))
+
+
+def _mode(variant: str) -> str:
+    return "graph" if variant == "graph" else "eager"
 
 
 @functools.lru_cache(maxsize=None)
@@ -305,7 +321,7 @@ def _group_results(key: tuple) -> dict[tuple[str, str], dict]:
     that only the items that raise report the exception (as ``"error"``)."""
     members = [(e, v) for e, v in ITEMS if _group_key(e, v) == key]
     ctx = jax.enable_x64(True) if needs_x64(*members[0]) else contextlib.nullcontext()
-    with ctx:
+    with ctx, co.tf1_mode(_mode(members[0][1])):
         if len(members) > 1:
             try:
                 return replay_group(members)
@@ -359,6 +375,19 @@ def test_fixture_coverage():
         for dtype, sparse in (("float32", False), ("float64", False), ("float32", True)):
             assert (rule, dtype, sparse) in seen, (rule, dtype, sparse)
     assert sum(p.stat().st_size for p in FIXTURES.iterdir()) < 3 * 2**20
+    assert set(GRAPH_CASES) == {e["name"] for e in MANIFEST}  # every case also in graph mode
+
+
+def test_graph_mode_differs_from_eager_where_spec_says():
+    """What TF1 graph mode changed, as recorded: Grappler's rewrites of sparse Adam's second
+    moment and of the cosine schedule (spec §1.6), and the approximate rsqrt lanes of the
+    rsqrt rules' float32 cases (graph and eager runs take different Eigen paths there; no
+    IEEE lane differs, which the graph replay checks)."""
+    differ = {n for n, c in GRAPH_CASES.items() if not c["same_as_eager"]}
+    rules = {next(e["rule"] for e in MANIFEST if e["name"] == n) for n in differ}
+    assert rules <= {"adam", "adagrad", "adadelta", "proximal_adagrad", "rmsprop", "momentum",
+                     "gradient_descent"}, rules
+    assert "adam-default-sparse-float32" in differ and "adam-default-dense-float32" not in differ
 
 
 def test_ulp_distance():
