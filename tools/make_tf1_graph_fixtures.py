@@ -12,9 +12,14 @@ Run with TensorFlow 2.21 (CPU)::
     python tools/make_tf1_graph_fixtures.py [out_dir] [--cases SUBSTRING]
 
 Writes ``<case>.npz`` with the layout of the eager fixtures (``state/...`` after every step,
-``lrs`` for schedule cases) plus ``manifest.json`` into ``tests/fixtures/tf1/rules_graph/``
-(default), storing only the cases whose trajectory differs in any bit from eager mode; the
-manifest lists every case recorded and, per case, ``same_as_eager``.
+``lrs`` for schedule cases, the gradients) plus ``manifest.json`` into
+``tests/fixtures/tf1/rules_graph/`` (default), storing only the cases whose graph trajectory
+differs in any bit from the committed eager fixture. Each case is also re-run eagerly on
+this machine, so the manifest can say *why* it differs: ``same_as_eager`` is graph == eager
+on the same CPU (the mode changes nothing), ``differs_from_fixture`` names the arrays that
+differ from the committed fixture, and ``cause`` is ``"mode"`` (Grappler's rewrites) or
+``"cpu"`` (graph == eager here, but the fixture was recorded on another CPU: Eigen's packet
+``rsqrt`` comes from ``rsqrtps``, whose tables differ between CPU vendors).
 """
 
 from __future__ import annotations
@@ -133,13 +138,20 @@ def main(argv: list) -> int:
         with np.load(EAGER / entry["file"]) as f:
             eager = dict(f)
         arrays = record_graph(entry, eager)
+        case = next(c for c in eager_gen.case_list() if c["name"] == entry["name"])
+        _, here = eager_gen.record(case)  # eager, on this CPU, same inputs (same seed)
         differ = sorted(k for k, v in arrays.items() if not _same(v, eager[k]))
-        entries.append(dict(name=entry["name"], same_as_eager=not differ, differ=differ))
+        mode_differ = sorted(k for k, v in arrays.items() if not _same(v, here[k]))
+        cause = None if not differ else ("mode" if mode_differ else "cpu")
+        entries.append(dict(name=entry["name"], same_as_eager=not mode_differ,
+                            differs_from_fixture=differ, cause=cause))
         if differ:
             grads = {k: v for k, v in eager.items() if k.startswith("grad/")}
             np.savez_compressed(out / entry["file"], **arrays, **grads)
-        print(entry["name"], "same" if not differ else f"DIFFERS: {differ[:4]}", flush=True)
-    meta = dict(tensorflow=tf.__version__, mode="graph (Session, default Grappler)",
+        print(entry["name"], cause or "same", differ[:4], flush=True)
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), "unknown")
+    meta = dict(tensorflow=tf.__version__, mode="graph (Session, default Grappler)", cpu=cpu,
                 note="Recorded by tools/make_tf1_graph_fixtures.py from the eager cases' "
                      "inputs; only differing cases are stored.")
     (out / "manifest.json").write_text(json.dumps(dict(meta=meta, cases=entries), indent=1))

@@ -56,8 +56,9 @@ def _sparse(g, rows, var, slots, hp: Hyper) -> LeafUpdate:
     eps = hp.cast("epsilon", T)
     lr2 = _alpha(hp, T)
     m = S.scatter_add(N.mul(slots["m"], beta1), rows, N.mul(g, 1 - beta1))
-    if graph_mode() and "beta2" in hp.constant:
+    if graph_mode() and "beta2" in hp.constant and T not in N.LOW_PRECISION:
         # Grappler pushes the folded constant ``1 - beta2`` down: ``g * (g * (1 - beta2))``
+        # (recorded for float32 and float64; float16/bfloat16 keep the eager order)
         scaled_gg = N.mul(g, N.mul(g, 1 - beta2))
     else:
         scaled_gg = N.mul(g * g, 1 - beta2)  # eager, or beta2 a tensor (not folded)

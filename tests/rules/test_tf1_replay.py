@@ -66,9 +66,12 @@ PER_CASE = os.environ.get("COMPATOPT_REPLAY_PER_CASE", "") not in ("", "0")
 # CPU vendors: fixtures recorded on another vendor's CPU may need other bounds.
 ULP_BOUND = {
     "adagrad": {"float32": 128, "float16": 16, "bfloat16": 32},
-    "adadelta": {"float32": 8},
+    # The float16/bfloat16 entries come from the cases added for every dtype TF1 has a
+    # kernel for, recorded on an Intel Xeon (the rsqrt result is rounded to half, so the
+    # error stays a few ulp of the half dtype).
+    "adadelta": {"float32": 8, "bfloat16": 6},
     "proximal_adagrad": {"float32": 122},
-    "rmsprop": {"float32": 24},           # sparse only: dense RMSProp uses sqrt and / (exact)
+    "rmsprop": {"float32": 24, "float16": 2},  # sparse only: dense uses sqrt and / (exact)
     "ftrl": {"float32": 1024, "float64": 3840},  # learning_rate_power not in {-0.5, 0} only
     # Variant "no-x64": the rank-1 sparse kernels of these compute in double in TF; without
     # x64 the rules compute them in float32 (documented as "within a few ulp").
@@ -141,7 +144,7 @@ def _hex(x) -> str:
 
 def load_case(entry: dict, variant: str = "tf1") -> dict[str, np.ndarray]:
     """The case's arrays (graph mode's where they differ), bfloat16 restored from bits."""
-    graph = variant == "graph" and not GRAPH_CASES[entry["name"]]["same_as_eager"]
+    graph = variant == "graph" and bool(GRAPH_CASES[entry["name"]]["differs_from_fixture"])
     with np.load((GRAPH_FIXTURES if graph else FIXTURES) / entry["file"]) as data:
         arrays = {k: data[k] for k in data.files}
     if entry["dtype"] == "bfloat16":
@@ -379,44 +382,17 @@ def test_fixture_coverage():
 
 
 def test_graph_mode_differs_from_eager_where_spec_says():
-    """What TF1 graph mode changed, as recorded: Grappler's rewrites of sparse Adam's second
-    moment and of the cosine schedule (spec §1.6), and the approximate rsqrt lanes of the
-    rsqrt rules' float32 cases (graph and eager runs take different Eigen paths there; no
-    IEEE lane differs, which the graph replay checks)."""
-    differ = {n for n, c in GRAPH_CASES.items() if not c["same_as_eager"]}
-    rules = {next(e["rule"] for e in MANIFEST if e["name"] == n) for n in differ}
-    assert rules <= {"adam", "adagrad", "adadelta", "proximal_adagrad", "rmsprop", "momentum",
-                     "gradient_descent"}, rules
-    assert "adam-default-sparse-float32" in differ and "adam-default-dense-float32" not in differ
-
-
-def test_ulp_distance():
-    one = np.array([1.0], np.float32)
-    assert ulp_distance(one, np.nextafter(one, np.float32(2)))[0] == 1
-    assert ulp_distance(np.array([-0.0], np.float32), np.array([0.0], np.float32))[0] == 0
-    tiny = np.array([np.finfo(np.float32).smallest_subnormal], np.float32)
-    assert ulp_distance(-tiny, tiny)[0] == 2
-    assert ulp_distance(-one, one)[0] == 2 * 0x3F800000
-    nan = np.array([np.nan], np.float32)
-    assert ulp_distance(nan, nan)[0] == 0
-    assert ulp_distance(nan, one)[0] == np.iinfo(np.int64).max
-    for dt in (np.float16, np.dtype(jnp.bfloat16), np.float64):
-        x = np.array([1.5, -2.0], dt)
-        bits = x.view(_UINT[np.dtype(dt).itemsize])
-        y = (bits + np.array([3, 1], bits.dtype)).view(dt)  # +3 ulp, and -2 moved outward
-        assert list(ulp_distance(x, y)) == [3, 1], dt
-
-
-if __name__ == "__main__":  # measure: python3 tests/rules/test_tf1_replay.py
-    worst: dict[tuple[str, str], int] = {}
-    for e, v in ITEMS:
-        r = result_of(e, v)
-        if "error" in r:
-            print(f"{e['name'] + ' [' + v + ']':60s} ERROR {type(r['error']).__name__}: "
-                  f"{str(r['error']).splitlines()[0]}")
-            continue
-        key = (e["rule"], e["dtype"])
-        worst[key] = max(worst.get(key, 0), r["max_ulp"])
-        print(f"{e['name'] + ' [' + v + ']':60s} max_ulp={r['max_ulp']:4d} "
-              f"{'ok' if r['mismatch'] is None else 'MISMATCH ' + r['mismatch']}")
-    print("max ulp per (rule, dtype):", {k: w for k, w in sorted(worst.items()) if w})
+    """What TF1 graph mode changes, as recorded (eager re-run on the recording CPU): only
+    Grappler's rewrites of Python-composed arithmetic, sparse Adam's second moment and the
+    cosine schedule (spec §1.6). The other stored graph cases differ from the committed
+    eager fixtures only through the CPU (packet ``rsqrt`` lanes; those fixtures came from
+    an AMD EPYC), so the ulp bounds above are checked on two CPU vendors' recordings."""
+    rule_of = {e["name"]: e["rule"] for e in MANIFEST}
+    by_mode = {n for n, c in GRAPH_CASES.items() if c["cause"] == "mode"}
+    by_cpu = {n for n, c in GRAPH_CASES.items() if c["cause"] == "cpu"}
+    assert {rule_of[n] for n in by_mode if "cosine" not in n} == {"adam"}
+    assert all(next(e for e in MANIFEST if e["name"] == n)["sparse"]
+               for n in by_mode if "cosine" not in n)
+    assert {n for n in by_mode if "cosine" in n} == {
+        e["name"] for e in MANIFEST if e["schedule"] == "cosine"}
+    assert {rule_of[n] for n in by_cpu} <= _RSQRT_RULES | {"rmsprop"}
