@@ -30,6 +30,7 @@ from compatopt.train.learning_rate_decay import (
     piecewise_constant_decay as piecewise_constant_decay,
     polynomial_decay as polynomial_decay,
 )
+from compatopt.train.moving_averages import ExponentialMovingAverage as ExponentialMovingAverage
 from compatopt.train.optimizer import AggregationMethod as AggregationMethod, Optimizer as Optimizer
 from compatopt.train.optimizers import (
     AdadeltaOptimizer as AdadeltaOptimizer,
