@@ -7,7 +7,7 @@ with its apply count)::
 
     rule = co.adam(learning_rate=co.schedules.exponential_decay(0.001, 1000, 0.96))
 
-The value is the one TF1's **eager** code computes (spec §4), bit for bit:
+Eager mode's value is the one TF1's eager code computes (spec §4), bit for bit:
 
 * ``D`` = the dtype of ``convert_to_tensor(learning_rate)``: float32 for a Python float,
   a NumPy/JAX scalar keeps its dtype. The other arguments are ``cast`` to ``D`` (a Python
@@ -24,8 +24,27 @@ The value is the one TF1's **eager** code computes (spec §4), bit for bit:
 * Low precision (float16/bfloat16) operations are computed in float32 and rounded back, as
   TF's CPU kernels do. Denormal results are flushed to zero (TF and XLA:CPU both do).
 
-Graph-mode TF1 (``Session``/``tf.function``) rewrites these expressions (Grappler) and differs
-in the last bit for 10-30 % of steps; compatopt follows eager mode.
+**Graph or eager.** TF1 graph mode (``Session``/``tf.function``, compatopt's default, see
+:mod:`compatopt.tf1_mode`) does not run these expressions as written: Grappler rewrites the
+operations whose operands are compile-time constants (spec §1.6), and the value differs
+from eager mode's for 1-60 % of the steps of a non-staircase schedule (mostly by a few ulp;
+by hundreds where the cosine nears -1). Each schedule reads
+:func:`compatopt.tf1_mode.graph_mode` when its value is computed (at trace time under
+``jit``) and then reproduces TF 2.21's Grappler-optimized graph, bit for bit, with
+``r(C) = 1 / C`` folded in ``D``:
+
+* ``x / C`` becomes ``x * r(C)``; ``pow(x, C)`` becomes ``sqrt(x)`` for ``C = 0.5``,
+  ``1 / sqrt(x)`` for ``-0.5``, ``1 / x`` for ``-1``, ``x * x`` for ``2``,
+  ``(x * x) * x`` for ``3`` and ``x`` for ``1``;
+* constants are pushed down ``*`` chains and folded: ``C1 * (C2 * x) -> x * (C1 * C2)``
+  (the learning rate joins the cosine's ``0.5`` when nothing is added after it);
+* ``x * 1`` and ``x + 0`` disappear (``alpha = 0``, ``beta = 0``).
+
+The order each function then computes is in its docstring. Only *constant* arguments are
+folded: a Python or NumPy number, or a concrete array. A traced argument (the schedule built
+inside ``jit`` from traced values) or a :class:`compatopt.Variable` (TF1: a ``tf.Variable``,
+which Grappler cannot fold) keeps the eager operations that involve it.
+``with compatopt.tf1_mode("eager"):`` gives eager mode's arithmetic (the formulas below).
 """
 
 from __future__ import annotations
@@ -41,6 +60,7 @@ from jax.typing import ArrayLike
 from compatopt import _numerics as N
 from compatopt._numerics import tf_ops as T
 from compatopt.errors import InvalidArgumentError
+from compatopt.tf1_mode import graph_mode
 
 Schedule = Callable[[ArrayLike], jax.Array]
 
@@ -115,16 +135,73 @@ def _step(step: Any, dtype: Any) -> jax.Array:
     return _cast(step, dtype)
 
 
+# --------------------------------------------------------------------------- graph mode
+
+def _foldable(raw: Any) -> bool:
+    """Whether Grappler folds the argument: a Python/NumPy number or a concrete array.
+
+    A tracer, a :class:`compatopt.Variable` (TF1's ``tf.Variable``, read at run time) or any
+    other object is not a graph constant.
+    """
+    if isinstance(raw, (bool, int, float, np.generic, np.ndarray)):
+        return True
+    return isinstance(raw, jax.Array) and N.is_concrete(raw)
+
+
+def _folded(fn: Callable[..., jax.Array], *args: Any) -> jax.Array:
+    """A Grappler-folded constant: ``fn`` on constants, computed now (even inside a trace)."""
+    with jax.ensure_compile_time_eval():
+        return fn(*args)
+
+
+def _recip(raw: Any, dtype: Any, implicit: bool = False) -> jax.Array:
+    """``r(C) = 1 / C`` folded in ``dtype`` (``C = cast(raw)``, or implicitly converted)."""
+    def fold() -> jax.Array:
+        c = _implicit(raw, dtype) if implicit else _cast(raw, dtype)
+        return T.tf_div(jnp.ones((), dtype), c)
+    return _folded(fold)
+
+
+def _value(raw: Any, dtype: Any) -> float:
+    """The float value of a foldable argument cast to ``dtype``."""
+    return float(np.asarray(_folded(_cast, raw, dtype)))
+
+
+def _sqrt(x: jax.Array) -> jax.Array:
+    """TF's ``Sqrt`` (exact; float16/bfloat16 through float32)."""
+    return N.opaque(jnp.sqrt(T.tf_wide(x)).astype(x.dtype))
+
+
+def _graph_pow(x: jax.Array, y: jax.Array, y_value: Optional[float]) -> jax.Array:
+    """``pow(x, y)`` after Grappler's ``ConvertPow`` (``y_value``: a constant exponent)."""
+    if y_value == 1.0:
+        return x
+    if y_value == 0.5:
+        return _sqrt(x)
+    if y_value == -0.5:
+        return T.tf_div(jnp.ones((), x.dtype), _sqrt(x))
+    if y_value == -1.0:
+        return T.tf_div(jnp.ones((), x.dtype), x)
+    if y_value == 2.0:
+        return T.tf_mul(x, x)
+    if y_value == 3.0:
+        return T.tf_mul(T.tf_mul(x, x), x)
+    return T.tf_pow(x, y)
+
+
 # --------------------------------------------------------------------------- schedules
 
 def exponential_decay(learning_rate: ArrayLike, decay_steps: ArrayLike, decay_rate: ArrayLike,
                       staircase: bool = False) -> Schedule:
-    """Exponential decay, as ``tf.compat.v1.train.exponential_decay`` (eager).
+    """Exponential decay, as ``tf.compat.v1.train.exponential_decay``.
 
     Math (in ``D``, one rounding per operation; ``s`` = the step cast to ``D``)::
 
         p = s / decay_steps            # floor(p) if staircase
         lr(s) = learning_rate * pow(decay_rate, p)
+
+    Graph mode (default): ``p = s * r(decay_steps)`` with ``r(C) = 1 / C`` folded in ``D``
+    (a constant ``decay_steps``), then as above.
 
     Args:
       learning_rate: Python float (float32), or a scalar array whose dtype ``D`` is used.
@@ -151,9 +228,11 @@ def exponential_decay(learning_rate: ArrayLike, decay_steps: ArrayLike, decay_ra
     _require_float(dtype, "Pow", expected_first=True)
     ds = _cast(decay_steps, dtype)
     rate = _cast(decay_rate, dtype)
+    r_ds = _recip(decay_steps, dtype) if _foldable(decay_steps) else None
 
     def schedule(step: ArrayLike) -> jax.Array:
-        p = T.tf_div(_step(step, dtype), ds)
+        s = _step(step, dtype)
+        p = T.tf_mul(s, r_ds) if graph_mode() and r_ds is not None else T.tf_div(s, ds)
         if staircase:
             p = jnp.floor(p)
         return T.tf_mul(lr, T.tf_pow(rate, p))
@@ -163,7 +242,7 @@ def exponential_decay(learning_rate: ArrayLike, decay_steps: ArrayLike, decay_ra
 
 def natural_exp_decay(learning_rate: ArrayLike, decay_steps: ArrayLike, decay_rate: ArrayLike,
                       staircase: bool = False) -> Schedule:
-    """Natural exponential decay, as ``tf.compat.v1.train.natural_exp_decay`` (eager).
+    """Natural exponential decay, as ``tf.compat.v1.train.natural_exp_decay``.
 
     TF 2.x computes ``e = exp(-decay_rate)`` once, in ``decay_rate``'s own dtype (float32 for
     a Python float), then runs :func:`exponential_decay` with rate ``e``::
@@ -173,6 +252,7 @@ def natural_exp_decay(learning_rate: ArrayLike, decay_steps: ArrayLike, decay_ra
 
     This is not ``learning_rate * exp(-decay_rate * p)`` (TF 1.x's formula; the last bits
     differ). ``exp`` is the C library's ``expf`` (exact) when ``decay_rate`` is concrete.
+    Graph mode: as :func:`exponential_decay` (``p = s * r(decay_steps)``).
 
     Args:
       learning_rate: Python float (float32) or scalar array (dtype ``D``).
@@ -204,12 +284,20 @@ def natural_exp_rate(decay_rate: ArrayLike) -> jax.Array:
 
 def inverse_time_decay(learning_rate: ArrayLike, decay_steps: ArrayLike, decay_rate: ArrayLike,
                        staircase: bool = False) -> Schedule:
-    """Inverse-time decay, as ``tf.compat.v1.train.inverse_time_decay`` (eager).
+    """Inverse-time decay, as ``tf.compat.v1.train.inverse_time_decay``.
 
     Math (in ``D``)::
 
         p = s / decay_steps            # floor(p) if staircase
         lr(s) = learning_rate / (1 + (decay_rate * p))
+
+    Graph mode (default; ``r(C) = 1 / C`` folded in ``D``, constant ``decay_steps``)::
+
+        staircase:  lr(s) = learning_rate / (1 + (decay_rate * floor(s * r(decay_steps))))
+        otherwise:  lr(s) = learning_rate / (1 + (s * k)),  k = decay_rate * r(decay_steps)
+
+    with ``k`` folded for a constant ``decay_rate`` in float32/float64 (float16/bfloat16 and a
+    variable rate: ``decay_rate * (s * r(decay_steps))``).
 
     Args:
       learning_rate: Python float (float32) or scalar array (dtype ``D``).
@@ -231,9 +319,17 @@ def inverse_time_decay(learning_rate: ArrayLike, decay_steps: ArrayLike, decay_r
     ds = _cast(decay_steps, dtype)
     rate = _cast(decay_rate, dtype)
     one = jnp.ones((), dtype)
+    r_ds = _recip(decay_steps, dtype) if _foldable(decay_steps) else None
+    k = None
+    if (r_ds is not None and not staircase and _foldable(decay_rate)
+            and jnp.dtype(dtype) not in N.LOW_PRECISION):
+        k = _folded(T.tf_mul, _folded(_cast, decay_rate, dtype), r_ds)
 
     def schedule(step: ArrayLike) -> jax.Array:
-        p = T.tf_div(_step(step, dtype), ds)
+        s = _step(step, dtype)
+        if graph_mode() and k is not None:
+            return T.tf_div(lr, T.tf_add(one, T.tf_mul(s, k)))
+        p = T.tf_mul(s, r_ds) if graph_mode() and r_ds is not None else T.tf_div(s, ds)
         if staircase:
             p = jnp.floor(p)
         return T.tf_div(lr, T.tf_add(one, T.tf_mul(rate, p)))
@@ -244,7 +340,7 @@ def inverse_time_decay(learning_rate: ArrayLike, decay_steps: ArrayLike, decay_r
 def polynomial_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
                      end_learning_rate: ArrayLike = 0.0001, power: ArrayLike = 1.0,
                      cycle: bool = False) -> Schedule:
-    """Polynomial decay, as ``tf.compat.v1.train.polynomial_decay`` (eager).
+    """Polynomial decay, as ``tf.compat.v1.train.polynomial_decay``.
 
     Math (in ``D``; ``ds = cast(decay_steps, D)``)::
 
@@ -256,6 +352,20 @@ def polynomial_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
     In ``ceil(s / decay_steps)`` a Python ``decay_steps`` is converted straight to ``D`` (no
     float32 detour), unlike ``ds``: TF divides by the raw argument there.
 
+    Graph mode (default; constant arguments, ``r(C) = 1 / C`` folded in ``D``)::
+
+        no cycle:  p = min(s, ds) * r(ds)
+        cycle:     mult = 1 if s == 0 else ceil(s * r(decay_steps));  p = s / (ds * mult)
+        x = 1 - p;  d = learning_rate - end_learning_rate
+        lr(s) = (P(x) * d) + end_learning_rate
+
+    where ``P(x) = pow(x, power)`` except ``power = 1: x``, ``0.5: sqrt(x)``,
+    ``-0.5: 1 / sqrt(x)``, ``-1: 1 / x``, ``2: x * x``, ``3: (x * x) * x``; for ``power = 3``
+    and a constant ``d`` (float32/float64) the constant is pushed down:
+    ``lr(s) = ((x * x) * (d * x)) + end_learning_rate``. ``cycle=True`` with ``D`` other than
+    float32 fails in TF1 graph mode (``TypeError`` from ``where``: the ``1.0`` is float32),
+    and so here.
+
     Args:
       learning_rate: Python float (float32) or scalar array (dtype ``D``).
       decay_steps: steps to reach ``end_learning_rate`` (cast to ``D``).
@@ -265,6 +375,9 @@ def polynomial_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
 
     Returns:
       A function ``step -> learning rate`` (dtype ``D``).
+
+    Raises:
+      TypeError: graph mode, ``cycle=True`` and ``D`` is not float32 (when called).
 
     Example:
       >>> import compatopt as co
@@ -280,17 +393,34 @@ def polynomial_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
     ds = _cast(decay_steps, dtype)
     ds_raw = _implicit(decay_steps, dtype)
     one = jnp.ones((), dtype)
+    r_ds = None
+    if _foldable(decay_steps):
+        r_ds = _recip(decay_steps, dtype, implicit=cycle)
+    pw_value = _value(power, dtype) if _foldable(power) else None
+    push_down = (pw_value == 3.0 and _foldable(learning_rate) and _foldable(end_learning_rate)
+                 and jnp.dtype(dtype) not in N.LOW_PRECISION)
 
     def schedule(step: ArrayLike) -> jax.Array:
+        graph = graph_mode()
+        if graph and cycle and jnp.dtype(dtype) != jnp.float32:
+            raise TypeError(f"Input 'e' of 'SelectV2' Op has type {jnp.dtype(dtype).name} that "
+                            "does not match type float32 of argument 't'.")
         s = _step(step, dtype)
+        r = r_ds if graph else None
         if cycle:
-            mult = jnp.where(s == 0, one, jnp.ceil(T.tf_div(s, ds_raw)))
-            ds_s = T.tf_mul(ds, mult)
+            q = T.tf_mul(s, r) if r is not None else T.tf_div(s, ds_raw)
+            mult = jnp.where(s == 0, one, jnp.ceil(q))
+            p = T.tf_div(s, T.tf_mul(ds, mult))
         else:
             s = jnp.minimum(s, ds)
-            ds_s = ds
-        p = T.tf_div(s, ds_s)
-        return T.tf_add(T.tf_mul(T.tf_sub(lr, end), T.tf_pow(T.tf_sub(one, p), pw)), end)
+            p = T.tf_mul(s, r) if r is not None else T.tf_div(s, ds)
+        x = T.tf_sub(one, p)
+        d = T.tf_sub(lr, end)
+        if not graph:
+            return T.tf_add(T.tf_mul(d, T.tf_pow(x, pw)), end)
+        if push_down:
+            return T.tf_add(T.tf_mul(T.tf_mul(x, x), T.tf_mul(d, x)), end)
+        return T.tf_add(T.tf_mul(_graph_pow(x, pw, pw_value), d), end)
 
     return schedule
 
@@ -307,9 +437,39 @@ def _one_minus_alpha(alpha: Any, dtype: Any) -> jax.Array:
     return _implicit(1 - alpha, dtype)
 
 
+def _cosine_tail(learning_rate: Any, lr: jax.Array, alpha: Any, one_minus_alpha: jax.Array,
+                 alpha_d: jax.Array
+                 ) -> Optional[Callable[[jax.Array, Optional[jax.Array]], jax.Array]]:
+    """Graph mode's ``learning_rate * (((1 - alpha) * ((0.5 * m) * h)) + alpha)``.
+
+    For the cosines, ``h = cos(...) + 1`` and ``m = pow(m_mul, i)`` (restarts) or None (no
+    factor). Grappler pushes the constants down and folds them (``k``)::
+
+        alpha != 0:                h * (m * k) + alpha, * lr    k = 0.5 * (1 - alpha)
+        alpha == 0, constant lr:   h * (m * k)                  k = 0.5 * lr
+        alpha == 0, variable lr:   lr * (h * (0.5 * m))
+
+    Returns ``tail(h, m)``, or None when ``alpha`` is not a constant (eager order then).
+    """
+    if not _foldable(alpha):
+        return None
+    half = jnp.float32(0.5)
+
+    def times(m: Optional[jax.Array], k: jax.Array) -> jax.Array:
+        return k if m is None else T.tf_mul(m, k)
+
+    if _value(alpha, lr.dtype) != 0.0:
+        k = _folded(T.tf_mul, half, one_minus_alpha)
+        return lambda h, m: T.tf_mul(lr, T.tf_add(T.tf_mul(h, times(m, k)), alpha_d))
+    if _foldable(learning_rate):
+        k = _folded(T.tf_mul, half, lr)
+        return lambda h, m: T.tf_mul(h, times(m, k))
+    return lambda h, m: T.tf_mul(lr, T.tf_mul(h, half if m is None else T.tf_mul(half, m)))
+
+
 def cosine_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
                  alpha: ArrayLike = 0.0) -> Schedule:
-    """Cosine decay (SGDR without restarts), as ``tf.compat.v1.train.cosine_decay`` (eager).
+    """Cosine decay (SGDR without restarts), as ``tf.compat.v1.train.cosine_decay``.
 
     Math (``D`` must be float32; ``PI = float32(pi)``)::
 
@@ -319,6 +479,15 @@ def cosine_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
 
     where ``1 - alpha`` is computed by Python on the raw ``alpha`` (double for a Python float)
     and only then converted to float32, while the ``+ alpha`` converts ``alpha`` itself.
+
+    Graph mode (default; constant arguments folded, ``r(C) = 1 / C``)::
+
+        h = cos(min(s, ds) * (PI * r(ds))) + 1
+        alpha != 0:  lr(s) = learning_rate * ((h * (0.5 * (1 - alpha))) + alpha)
+        alpha == 0:  lr(s) = h * (0.5 * learning_rate)
+
+    (``0.5 * learning_rate`` folded only for a constant ``learning_rate``; a variable one:
+    ``learning_rate * (h * 0.5)``.)
 
     Args:
       learning_rate: Python float or float32 scalar (other dtypes fail, as in TF).
@@ -345,12 +514,19 @@ def cosine_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
     ds = _cast(decay_steps, dtype)
     one_minus_alpha = _one_minus_alpha(alpha, dtype)
     alpha_d = _implicit(alpha, dtype)
+    half = jnp.float32(0.5)
+    k = _folded(T.tf_mul, _PI, _recip(decay_steps, dtype)) if _foldable(decay_steps) else None
+    tail = _cosine_tail(learning_rate, lr, alpha, one_minus_alpha, alpha_d)
 
     def schedule(step: ArrayLike) -> jax.Array:
         s = jnp.minimum(_step(step, dtype), ds)
-        f = T.tf_div(s, ds)
-        c = T.tf_mul(jnp.float32(0.5), T.tf_add(jnp.float32(1.0), T.tf_cos(T.tf_mul(_PI, f))))
-        return T.tf_mul(lr, T.tf_add(T.tf_mul(one_minus_alpha, c), alpha_d))
+        if graph_mode() and k is not None:
+            h = T.tf_add(T.tf_cos(T.tf_mul(s, k)), jnp.float32(1.0))
+        else:
+            h = T.tf_add(jnp.float32(1.0), T.tf_cos(T.tf_mul(_PI, T.tf_div(s, ds))))
+        if graph_mode() and tail is not None:
+            return tail(h, None)
+        return T.tf_mul(lr, T.tf_add(T.tf_mul(one_minus_alpha, T.tf_mul(half, h)), alpha_d))
 
     return schedule
 
@@ -373,6 +549,18 @@ def cosine_decay_restarts(learning_rate: ArrayLike, first_decay_steps: ArrayLike
     ``log`` is glibc's ``logf`` for a concrete ``t``; for the step-dependent one it is computed
     in float64 and rounded (1 ulp from glibc for ~0.1 % of inputs). It matters only through
     ``floor``, i.e. at a step where ``log(...) / log(t)`` lands within an ulp of an integer.
+
+    Graph mode (default; constant arguments folded, ``r(C) = 1 / C``)::
+
+        f = s * r(fds)
+        t != 1:  i = floor(log(1 - f * (1 - t)) * r(log(t)))
+                 sum_r = (1 - pow(t, i)) * r(1 - t);  f = (f - sum_r) / pow(t, i)
+        h = cos(PI * f) + 1
+        alpha != 0:  lr(s) = learning_rate * ((h * (pow(m, i) * (0.5 * (1 - alpha)))) + alpha)
+        alpha == 0:  lr(s) = h * (pow(m, i) * (0.5 * learning_rate))
+
+    (a variable ``learning_rate`` with ``alpha == 0``: ``learning_rate * (h * (0.5 *
+    pow(m, i)))``).
 
     Args:
       learning_rate: Python float or float32 scalar (other dtypes fail, as in TF).
@@ -403,17 +591,32 @@ def cosine_decay_restarts(learning_rate: ArrayLike, first_decay_steps: ArrayLike
     if not constant_only:
         log_t = T.tf_transcendental("log", t)
         one_minus_t = T.tf_sub(one, t)
+    r_fds = _recip(first_decay_steps, dtype) if _foldable(first_decay_steps) else None
+    r_log_t = r_one_minus_t = None
+    if _foldable(t_mul) and _value(t_mul, dtype) != 1.0:
+        t_c = _folded(_cast, t_mul, dtype)
+        r_log_t = _folded(lambda: T.tf_div(one, T.tf_transcendental("log", t_c)))
+        r_one_minus_t = _folded(lambda: T.tf_div(one, T.tf_sub(one, t_c)))
+    tail = _cosine_tail(learning_rate, lr, alpha, T.tf_sub(one, alpha_d), alpha_d)
 
     def schedule(step: ArrayLike) -> jax.Array:
-        f = T.tf_div(_step(step, dtype), fds)
+        graph = graph_mode()
+        s = _step(step, dtype)
+        f = T.tf_mul(s, r_fds) if graph and r_fds is not None else T.tf_div(s, fds)
         if not geometric_only:
             i_c = jnp.floor(f)
             f_c = T.tf_sub(f, i_c)
         if not constant_only:
             log_arg = T.tf_sub(one, T.tf_mul(f, one_minus_t))
-            i_g = jnp.floor(T.tf_div(T.tf_transcendental("log", log_arg), log_t))
-            t_pow = T.tf_pow(t, i_g)
-            sum_r = T.tf_div(T.tf_sub(one, t_pow), one_minus_t)
+            log_f = T.tf_transcendental("log", log_arg)
+            if graph and r_log_t is not None and r_one_minus_t is not None:
+                i_g = jnp.floor(T.tf_mul(log_f, r_log_t))
+                t_pow = T.tf_pow(t, i_g)
+                sum_r = T.tf_mul(T.tf_sub(one, t_pow), r_one_minus_t)
+            else:
+                i_g = jnp.floor(T.tf_div(log_f, log_t))
+                t_pow = T.tf_pow(t, i_g)
+                sum_r = T.tf_div(T.tf_sub(one, t_pow), one_minus_t)
             f_g = T.tf_div(T.tf_sub(f, sum_r), t_pow)
         if geometric_only:
             i, f = i_g, f_g
@@ -421,6 +624,8 @@ def cosine_decay_restarts(learning_rate: ArrayLike, first_decay_steps: ArrayLike
             i, f = i_c, f_c
         else:
             i, f = jnp.where(t == 1.0, i_c, i_g), jnp.where(t == 1.0, f_c, f_g)
+        if graph and tail is not None:
+            return tail(T.tf_add(T.tf_cos(T.tf_mul(_PI, f)), one), T.tf_pow(m, i))
         c = T.tf_mul(T.tf_mul(jnp.float32(0.5), T.tf_pow(m, i)),
                      T.tf_add(one, T.tf_cos(T.tf_mul(_PI, f))))
         return T.tf_mul(lr, T.tf_add(T.tf_mul(T.tf_sub(one, alpha_d), c), alpha_d))
@@ -430,6 +635,7 @@ def cosine_decay_restarts(learning_rate: ArrayLike, first_decay_steps: ArrayLike
 
 def _linear_cosine(lr: jax.Array, ds: jax.Array, s: jax.Array, num_periods: jax.Array,
                    alpha: jax.Array, beta: jax.Array, noise: Optional[jax.Array]) -> jax.Array:
+    """Eager mode's linear cosine (``noise`` added to the linear part)."""
     lin = T.tf_div(T.tf_sub(ds, s), ds)
     if noise is not None:
         lin = T.tf_add(lin, noise)
@@ -439,10 +645,49 @@ def _linear_cosine(lr: jax.Array, ds: jax.Array, s: jax.Array, num_periods: jax.
     return T.tf_mul(lr, T.tf_add(T.tf_mul(T.tf_add(alpha, lin), c), beta))
 
 
+def _graph_linear_cosine(raw: dict, lr: jax.Array, ds: jax.Array, num_periods: jax.Array,
+                         alpha: jax.Array, beta: jax.Array
+                         ) -> Optional[Callable[[jax.Array, Optional[jax.Array]], jax.Array]]:
+    """Graph mode's linear cosine, ``(s', noise) -> lr``; None unless ``decay_steps``,
+    ``num_periods``, ``alpha`` and ``beta`` are constants (then eager order).
+
+    ``raw`` holds the arguments as given (``learning_rate``, ``decay_steps``, ...).
+    """
+    if not all(_foldable(raw[k]) for k in ("decay_steps", "num_periods", "alpha", "beta")):
+        return None
+    dtype = lr.dtype
+    one, half = jnp.float32(1.0), jnp.float32(0.5)
+    r_ds = _recip(raw["decay_steps"], dtype)
+    k_cos = _folded(lambda: T.tf_mul(_PI, T.tf_mul(T.tf_mul(jnp.float32(2.0), num_periods),
+                                                   r_ds)))
+    alpha0 = _value(raw["alpha"], dtype) == 0.0
+    beta0 = _value(raw["beta"], dtype) == 0.0
+    lr_const = _foldable(raw["learning_rate"])
+    k_lin = _folded(T.tf_mul, lr, r_ds) if lr_const else None
+    k_half = _folded(T.tf_mul, half, lr) if lr_const else None
+
+    def value(s: jax.Array, noise: Optional[jax.Array]) -> jax.Array:
+        h = T.tf_add(T.tf_cos(T.tf_mul(s, k_cos)), one)
+        sub = T.tf_sub(ds, s)
+        if alpha0 and beta0 and noise is None and k_lin is not None:
+            return T.tf_mul(T.tf_mul(h, half), T.tf_mul(sub, k_lin))
+        lin = T.tf_mul(sub, r_ds)
+        if noise is not None:
+            lin = T.tf_add(noise, lin)
+        if not alpha0:
+            lin = T.tf_add(alpha, lin)
+        if beta0 and k_half is not None and (not alpha0 or noise is not None):
+            return T.tf_mul(lin, T.tf_mul(h, k_half))
+        m = T.tf_mul(lin, T.tf_mul(h, half))
+        return T.tf_mul(lr, m if beta0 else T.tf_add(beta, m))
+
+    return value
+
+
 def linear_cosine_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
                         num_periods: ArrayLike = 0.5, alpha: ArrayLike = 0.0,
                         beta: ArrayLike = 0.001) -> Schedule:
-    """Linear cosine decay, as ``tf.compat.v1.train.linear_cosine_decay`` (eager).
+    """Linear cosine decay, as ``tf.compat.v1.train.linear_cosine_decay``.
 
     Math (float32; every argument cast to float32; ``PI = float32(pi)``)::
 
@@ -457,6 +702,18 @@ def linear_cosine_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
       decay_steps: steps to decay over.
       num_periods: number of cosine periods in the decay.
       alpha, beta: see the formula.
+
+    Graph mode (default; constant arguments folded, ``r(C) = 1 / C``)::
+
+        h = cos(s' * (PI * ((2 * num_periods) * r(ds)))) + 1;  c = h * 0.5
+        lin = (ds - s') * r(ds)
+        lr(s) = learning_rate * (((alpha + lin) * c) + beta)
+
+    where ``alpha + `` and `` + beta`` drop out when they are 0, and with ``beta == 0`` and a
+    constant ``learning_rate`` the learning rate is folded: ``(alpha + lin) * (h * (0.5 *
+    learning_rate))``, or for ``alpha == 0`` too ``c * ((ds - s') * (learning_rate *
+    r(ds)))``. A variable ``decay_steps``, ``num_periods``, ``alpha`` or ``beta``: eager
+    order.
 
     Returns:
       A function ``step -> learning rate`` (float32).
@@ -473,9 +730,14 @@ def linear_cosine_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
     _require_float32(dtype)
     ds = _cast(decay_steps, dtype)
     args = (_cast(num_periods, dtype), _cast(alpha, dtype), _cast(beta, dtype))
+    graph_value = _graph_linear_cosine(
+        {"learning_rate": learning_rate, "decay_steps": decay_steps,
+         "num_periods": num_periods, "alpha": alpha, "beta": beta}, lr, ds, *args)
 
     def schedule(step: ArrayLike) -> jax.Array:
         s = jnp.minimum(_step(step, dtype), ds)
+        if graph_mode() and graph_value is not None:
+            return graph_value(s, None)
         return _linear_cosine(lr, ds, s, *args, noise=None)
 
     return schedule
@@ -496,6 +758,11 @@ def noisy_linear_cosine_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
     TF draws ``z`` from an unseeded generator, so its values cannot be reproduced; here ``z``
     is ``jax.random.normal(jax.random.fold_in(key, step))``: the same key and step always give
     the same learning rate. Everything but ``z`` is TF's arithmetic, bit for bit.
+
+    Graph mode (default): ``std`` as above (``pow`` rewritten as in
+    :func:`polynomial_decay` for a constant ``variance_decay`` of 0.5, 2 ...), ``noise =
+    std * z``, and the rest as :func:`linear_cosine_decay`'s graph mode with ``lin`` replaced
+    by ``noise + lin``.
 
     Args:
       learning_rate: Python float or float32 scalar (other dtypes fail, as in TF).
@@ -527,13 +794,22 @@ def noisy_linear_cosine_decay(learning_rate: ArrayLike, decay_steps: ArrayLike,
     var_decay = _cast(variance_decay, dtype)
     args = (_cast(num_periods, dtype), _cast(alpha, dtype), _cast(beta, dtype))
     one = jnp.float32(1.0)
+    graph_value = _graph_linear_cosine(
+        {"learning_rate": learning_rate, "decay_steps": decay_steps,
+         "num_periods": num_periods, "alpha": alpha, "beta": beta}, lr, ds, *args)
+    vd_value = _value(variance_decay, dtype) if _foldable(variance_decay) else None
 
     def schedule(step: ArrayLike) -> jax.Array:
+        graph = graph_mode()
         step_i = _convert(step)
         s = jnp.minimum(_step(step_i, dtype), ds)
-        std = N.opaque(jnp.sqrt(T.tf_div(var0, T.tf_pow(T.tf_add(one, s), var_decay))))
+        base = T.tf_add(one, s)
+        denom = _graph_pow(base, var_decay, vd_value) if graph else T.tf_pow(base, var_decay)
+        std = _sqrt(T.tf_div(var0, denom))
         z = jax.random.normal(jax.random.fold_in(key, step_i.astype(jnp.uint32)), (),
                               jnp.float32)
+        if graph and graph_value is not None:
+            return graph_value(s, T.tf_mul(std, z))
         noise = T.tf_add(T.tf_mul(z, std), jnp.float32(0.0))
         return _linear_cosine(lr, ds, s, *args, noise=noise)
 
@@ -575,7 +851,7 @@ def _flatten(seq: Any) -> list[Any]:
 
 
 def piecewise_constant(boundaries: Sequence[ArrayLike], values: Sequence[ArrayLike]) -> Schedule:
-    """Piecewise constant, as ``tf.compat.v1.train.piecewise_constant`` (eager).
+    """Piecewise constant, as ``tf.compat.v1.train.piecewise_constant`` (both modes).
 
     With ``b = boundaries`` and ``v = values`` (``len(v) == len(b) + 1``)::
 

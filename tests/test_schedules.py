@@ -1,4 +1,4 @@
-"""compatopt.schedules against TF 2.21's eager tf.compat.v1.train decay functions.
+"""compatopt.schedules in eager mode against TF 2.21's eager tf.compat.v1.train decay functions.
 
 Fixtures: tests/fixtures/tf1/schedules/ (tools/make_tf1_schedule_fixtures.py). Every case is
 replayed under ``jax.jit(jax.vmap(schedule))`` over all recorded steps, and a sample of steps
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,14 @@ CASES = {k: v for k, v in MANIFEST["cases"].items() if v["function"] != "piecewi
 PIECEWISE = {k: v for k, v in MANIFEST["cases"].items()
              if v["function"] == "piecewise_constant" and k != "piecewise_float_x"}
 ERRORS = MANIFEST["errors"]
+
+
+@pytest.fixture(autouse=True)
+def _eager_mode():
+    """The fixtures here were recorded eagerly: replay them in TF1 eager mode's arithmetic
+    (graph mode, the default, is tests/test_schedules_graph.py)."""
+    with co.tf1_mode("eager"):
+        yield
 
 
 def decode(arg):
@@ -129,19 +138,22 @@ def test_noisy_linear_cosine_is_a_function_of_key_and_step():
 
 # ------------------------------------------------------------------ errors (TF's messages)
 
+NONE: Any = None  # TF's error for a None step is the point (not an ArrayLike)
+
+
 def _error_thunks():
     f64 = np.float64(0.1)
     return {
-        "exponential_none_step": lambda: schedules.exponential_decay(0.1, 10, 0.96)(None),
-        "natural_exp_none_step": lambda: schedules.natural_exp_decay(0.1, 10, 0.5)(None),
-        "inverse_time_none_step": lambda: schedules.inverse_time_decay(0.1, 10, 0.5)(None),
-        "polynomial_none_step": lambda: schedules.polynomial_decay(0.1, 10)(None),
-        "cosine_none_step": lambda: schedules.cosine_decay(0.1, 10)(None),
-        "restarts_none_step": lambda: schedules.cosine_decay_restarts(0.1, 10)(None),
-        "linear_cosine_none_step": lambda: schedules.linear_cosine_decay(0.1, 10)(None),
+        "exponential_none_step": lambda: schedules.exponential_decay(0.1, 10, 0.96)(NONE),
+        "natural_exp_none_step": lambda: schedules.natural_exp_decay(0.1, 10, 0.5)(NONE),
+        "inverse_time_none_step": lambda: schedules.inverse_time_decay(0.1, 10, 0.5)(NONE),
+        "polynomial_none_step": lambda: schedules.polynomial_decay(0.1, 10)(NONE),
+        "cosine_none_step": lambda: schedules.cosine_decay(0.1, 10)(NONE),
+        "restarts_none_step": lambda: schedules.cosine_decay_restarts(0.1, 10)(NONE),
+        "linear_cosine_none_step": lambda: schedules.linear_cosine_decay(0.1, 10)(NONE),
         "noisy_none_step": lambda: schedules.noisy_linear_cosine_decay(
-            0.1, 10, key=jax.random.key(0))(None),
-        "piecewise_none_x": lambda: schedules.piecewise_constant([10], [0.1, 0.01])(None),
+            0.1, 10, key=jax.random.key(0))(NONE),
+        "piecewise_none_x": lambda: schedules.piecewise_constant([10], [0.1, 0.01])(NONE),
         "exponential_int_lr": lambda: schedules.exponential_decay(1, 10, 0.96),
         "inverse_time_int_lr": lambda: schedules.inverse_time_decay(1, 10, 0.5),
         "polynomial_int_lr": lambda: schedules.polynomial_decay(1, 10),

@@ -1,4 +1,4 @@
-"""``tf.compat.v1.train``'s learning-rate decay functions (eager behaviour).
+"""``tf.compat.v1.train``'s learning-rate decay functions (eager calling convention).
 
 TF1 in eager mode returns ``functools.partial(schedule, global_step)``: a zero-argument
 callable that reads the step each time it is called, so the decayed value follows the step
@@ -18,7 +18,12 @@ bit-exact with TF):
   ``piecewise_constant``'s dtype/length checks, which TF runs at construction;
 * ``name`` is accepted and ignored (TF uses it for name scopes).
 
-Graph mode (a Tensor computed once, with Grappler's rewrites) is not emulated.
+The value follows :mod:`compatopt.tf1_mode`, read at each call: TF1 graph mode's arithmetic
+(Grappler's rewrites of constant arguments, the default) or eager mode's (``with
+compatopt.tf1_mode("eager"):``); see :mod:`compatopt.schedules`. A
+:class:`compatopt.Variable` passed as ``learning_rate``, ``decay_rate`` ... is not folded,
+as Grappler cannot fold a ``tf.Variable``. The calling convention stays eager TF1's (a
+callable, not a Tensor computed once).
 
 Example:
   >>> import compatopt as co

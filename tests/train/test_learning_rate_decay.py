@@ -27,6 +27,14 @@ CASES = {k: v for k, v in MANIFEST["cases"].items() if v["function"] != "piecewi
 NONE_STEP = MANIFEST["errors"]["exponential_none_step"]["message"]
 
 
+@pytest.fixture(autouse=True)
+def _eager_mode():
+    """The fixtures here were recorded eagerly: replay them in TF1 eager mode's arithmetic
+    (graph mode, the default, is tests/test_schedules_graph.py)."""
+    with co.tf1_mode("eager"):
+        yield
+
+
 def decode(arg):
     if "py" in arg:
         return arg["py"]
