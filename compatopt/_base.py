@@ -67,9 +67,66 @@ class IndexedSlices:
         zeros = jnp.zeros(self.dense_shape, self.values.dtype)
         return zeros.at[self.indices].add(self.values)
 
+    @property
+    def shape(self) -> Optional[tuple]:
+        """The dense shape (TF1's ``IndexedSlices.shape``)."""
+        return self.dense_shape
+
+    # -- arithmetic that keeps the gradient sparse. TF1 defines only ``-g``; its dense ops
+    # (``tf.multiply(g, s)``) densify an IndexedSlices first, with a warning. Scaling the
+    # rows instead is what TF1's own clip_by_global_norm and loss scaling do; for repeated
+    # indices it rounds as ``a*s + b*s``, where densify-then-scale rounds ``(a+b)*s``.
+    def __neg__(self) -> "IndexedSlices":
+        return IndexedSlices(-self.values, self.indices, self.dense_shape)
+
+    def _scaled(self, other: Any, op: str) -> "IndexedSlices":
+        if not _is_scalar(other):
+            raise TypeError(self._densify_hint(f"'{op}' with {type(other).__name__} "
+                                               f"{getattr(other, 'shape', '')}"))
+        s = jnp.asarray(other)
+        values = {"*": lambda: self.values * s, "r*": lambda: s * self.values,
+                  "/": lambda: self.values / s}[op]()
+        return IndexedSlices(values.astype(self.values.dtype), self.indices, self.dense_shape)
+
+    def __mul__(self, other: Any) -> "IndexedSlices":
+        return self._scaled(other, "*")
+
+    def __rmul__(self, other: Any) -> "IndexedSlices":
+        return self._scaled(other, "r*")
+
+    def __truediv__(self, other: Any) -> "IndexedSlices":
+        return self._scaled(other, "/")
+
+    def __add__(self, other: Any) -> "IndexedSlices":
+        """Two sparse gradients of one variable: concatenated, as TF1 aggregates them."""
+        if not isinstance(other, IndexedSlices):
+            raise TypeError(self._densify_hint(f"'+' with {type(other).__name__}"))
+        if other.dense_shape != self.dense_shape:
+            raise ValueError(f"cannot add IndexedSlices of dense_shape {self.dense_shape} and "
+                             f"{other.dense_shape}")
+        return IndexedSlices(jnp.concatenate([self.values, other.values]),
+                             jnp.concatenate([self.indices, other.indices]), self.dense_shape)
+
+    def __array__(self, dtype: Any = None, copy: Any = None):
+        raise TypeError(self._densify_hint("conversion to an array"))
+
+    def _densify_hint(self, what: str) -> str:
+        return (f"IndexedSlices (a sparse gradient, dense_shape {self.dense_shape}) does not "
+                f"support {what}: densify it first with `g.to_dense()` (TF1 densifies "
+                f"implicitly here, with a warning), or scale it by a scalar (`g * s` keeps it "
+                f"sparse)")
+
     def __repr__(self) -> str:
         return (f"IndexedSlices(values={self.values!r}, indices={self.indices!r}, "
                 f"dense_shape={self.dense_shape})")
+
+
+def _is_scalar(x: Any) -> bool:
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, (int, float)):
+        return True
+    return getattr(x, "shape", None) == () and hasattr(x, "dtype")
 
 
 def is_grad_leaf(x: Any) -> bool:

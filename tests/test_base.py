@@ -135,3 +135,47 @@ def test_rule_fits_the_optax_protocol():
     state = rule.init(params)
     updates, state = optax.with_extra_args_support(rule).update({"w": jnp.ones(2)}, state, params)
     np.testing.assert_allclose(np.asarray(updates["w"]), [-0.1, -0.1])
+
+
+# ------------------------------------------------------------- IndexedSlices arithmetic
+
+
+def _two_rows():
+    return co.IndexedSlices(jnp.asarray([[1.0, 2.0], [3.0, 4.0]], jnp.float32),
+                            jnp.asarray([2, 0]), (3, 2))
+
+
+def test_indexed_slices_scale_and_negate_stay_sparse():
+    g = _two_rows()
+    for got, want in [(g * 2.0, g.values * 2.0), (0.5 * g, 0.5 * g.values),
+                      (g / 4.0, g.values / 4.0), (-g, -g.values),
+                      (g * jnp.float32(3), g.values * 3)]:
+        assert isinstance(got, co.IndexedSlices) and got.dense_shape == (3, 2)
+        np.testing.assert_array_equal(got.values, want)
+        np.testing.assert_array_equal(got.indices, g.indices)
+    assert g.shape == (3, 2)
+    half = co.IndexedSlices(g.values.astype(jnp.float16), g.indices, (3, 2))
+    assert (half * 0.5).values.dtype == jnp.float16
+
+
+def test_indexed_slices_sum_concatenates_as_tf1_aggregates():
+    g = _two_rows()
+    total = g + co.IndexedSlices(jnp.ones((1, 2)), jnp.asarray([2]), (3, 2))
+    assert total.indices.tolist() == [2, 0, 2]
+    np.testing.assert_array_equal(total.to_dense(), g.to_dense() + jnp.asarray(
+        [[0, 0], [0, 0], [1, 1]], jnp.float32))
+    with pytest.raises(ValueError, match="dense_shape"):
+        _ = g + co.IndexedSlices(jnp.ones((1, 2)), jnp.asarray([0]), (4, 2))
+
+
+@pytest.mark.parametrize("op", [
+    lambda g: g + jnp.ones((3, 2)), lambda g: g * jnp.ones((3, 2)), lambda g: np.asarray(g),
+    lambda g: jnp.asarray(g)])
+def test_dense_use_of_indexed_slices_says_how_to_densify(op):
+    with pytest.raises(TypeError, match=r"densify it first with `g.to_dense\(\)`"):
+        op(_two_rows())
+
+
+def test_indexed_slices_scaling_works_under_jit():
+    out = jax.jit(lambda g, s: g * s)(_two_rows(), jnp.float32(2))
+    np.testing.assert_array_equal(out.values, _two_rows().values * 2)
