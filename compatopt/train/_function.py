@@ -123,7 +123,8 @@ class Function:
             args, kwargs = jax.tree_util.tree_unflatten(treedef, leaves)
             lifted = call_lifted(self._fn, [*written, *read_only], [*written_vals, *read_vals],
                                  *args, **kwargs)
-            out_vals, entry.out_tree, entry.op_positions = flatten_output(lifted.out)
+            out_vals, entry.out_tree, entry.op_positions = flatten_output(lifted.out,
+                                                                          with_loss=True)
             new_written = [v for v in lifted.written if v not in set(written)]
             new_read = [v for v in lifted.all_reads if v not in known]
             if new_written or new_read:
@@ -149,7 +150,8 @@ class Function:
             lift_out(entry.written, new_written, owned=True)
         name = getattr(self._fn, "__name__", "function")
         return rebuild_output(entry.out_tree, out_vals, entry.op_positions,
-                              lambda: Operation(name, lambda: self(*args, **kwargs)))
+                              lambda loss: Operation(name, lambda: self(*args, **kwargs),
+                                                     loss=loss))
 
     def experimental_get_compiler_ir(self, *args, **kwargs) -> str:
         """The HLO text of the compiled step for these arguments (after one call)."""

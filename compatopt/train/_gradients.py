@@ -15,6 +15,7 @@ the gathered rows enter the function as their own input, whose cotangent is the 
 
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -27,6 +28,32 @@ from compatopt.train._variable import Variable, get_default_graph, peek
 
 # loss code -> ([weakref to a variable read densely], [(weakref to a variable, spec)])
 _guesses: "dict[Any, tuple[list, list]]" = {}
+
+# ``minimize`` marks the user's loss with :func:`observed`; its value inside the ``vjp``
+# comes out as a primal (an auxiliary output), so the step can return it.
+_observing = threading.local()
+
+
+def observed(loss_fn: Callable) -> Callable:
+    """``loss_fn`` whose value, computed inside :func:`value_and_grads`, is kept for
+    :func:`last_observed` (wrappers such as loss scaling may transform it afterwards)."""
+
+    def loss() -> Any:
+        out = loss_fn()
+        frames = getattr(_observing, "frames", None)
+        if frames:
+            frames[-1].append(out.value if isinstance(out, Variable) else out)
+        return out
+
+    return loss
+
+
+def last_observed() -> Any:
+    """The first observed loss value of the last :func:`value_and_grads` on this thread
+    (``None`` if none was observed), and forgets it."""
+    value = getattr(_observing, "last", None)
+    _observing.last = None
+    return value
 
 
 def _differentiable(v: Variable) -> bool:
@@ -53,12 +80,20 @@ def _run(loss_fn: Callable, dense: Sequence[Variable], plan: list, grad_loss: An
             out = loss_fn()
             return jnp.asarray(out.value if isinstance(out, Variable) else out)
 
-        lifted = call_lifted(loss_value, dense, dense_vals, sparse_read_hook=hook)
+        frames = getattr(_observing, "frames", None)
+        if frames is None:
+            frames = _observing.frames = []
+        frames.append([])
+        try:
+            lifted = call_lifted(loss_value, dense, dense_vals, sparse_read_hook=hook)
+        finally:
+            seen = frames.pop()
         box["lifted"], box["calls"] = lifted, calls
-        return lifted.out, lifted.written_values
+        return lifted.out, (lifted.written_values, seen[:1])
 
     zeros = [jnp.zeros(shape, v.dtype) for v, shape in plan]
-    loss, vjp_fn, writes = jax.vjp(f, [peek(v) for v in dense], zeros, has_aux=True)
+    loss, vjp_fn, (writes, seen) = jax.vjp(f, [peek(v) for v in dense], zeros, has_aux=True)
+    _observing.last = jnp.asarray(seen[0]) if seen else None
     lifted, calls = box["lifted"], box["calls"]
     grads: dict = {}
     reads = set(lifted.reads)

@@ -62,18 +62,19 @@ def is_operation(x: Any) -> bool:
     return isinstance(x, Operation)
 
 
-def flatten_output(out: Any) -> Tuple[list, Any, List[int]]:
+def flatten_output(out: Any, with_loss: bool = False) -> Tuple[list, Any, List[int]]:
     """``(leaves, treedef, operation_positions)`` of a step's result.
 
     Variables in the result are read (their value is the leaf); ``Operation``\\ s (what
-    ``minimize`` returns) are leaves too, marked by position and set to ``None``, since they
-    are not values a traced function can return.
+    ``minimize`` returns) are leaves too, marked by position and set to ``None`` (or, with
+    ``with_loss``, to the op's ``loss``, so the compiled step returns it), since they are
+    not values a traced function can return.
     """
     leaves, tree = jax.tree_util.tree_flatten(
         out, is_leaf=lambda x: isinstance(x, Variable) or is_operation(x))
     positions = [i for i, x in enumerate(leaves) if is_operation(x)]
-    values = [None if is_operation(x) else (x.value if isinstance(x, Variable) else x)
-              for x in leaves]
+    values = [(x.loss if with_loss else None) if is_operation(x)
+              else (x.value if isinstance(x, Variable) else x) for x in leaves]
     return values, tree, positions
 
 
@@ -117,10 +118,10 @@ def lift_out(variables: Sequence[Variable], values: Sequence[Any], owned: bool) 
 
 
 def rebuild_output(tree: Any, values: Sequence[Any], op_positions: Sequence[int],
-                   make_operation: Callable[[], Operation]) -> Any:
-    """The step's result again, with an ``Operation`` from ``make_operation`` at each marked
-    position."""
+                   make_operation: Callable[[Any], Operation]) -> Any:
+    """The step's result again, with an ``Operation`` from ``make_operation(value)`` at each
+    marked position (``value``: what :func:`flatten_output` put there)."""
     leaves = list(values)
     for i in op_positions:
-        leaves[i] = make_operation()
+        leaves[i] = make_operation(leaves[i])
     return jax.tree_util.tree_unflatten(tree, leaves)

@@ -281,7 +281,7 @@ def shard_map(fn: Optional[Callable] = None, *, mesh, in_specs, out_specs=Partit
             leaves[i] = value
         name = getattr(fn, "__name__", "shard_map")
         return rebuild_output(info["tree"], leaves, info["op_positions"],
-                              lambda: Operation(name, lambda: wrapped(*args)))
+                              lambda _: Operation(name, lambda: wrapped(*args)))
 
     return wrapped
 

@@ -22,7 +22,7 @@ import numpy as np
 from compatopt import _sparse
 from compatopt._base import IndexedSlices
 from compatopt.errors import MalformedGradientsError, NotAVariableError
-from compatopt.train._gradients import value_and_grads
+from compatopt.train._gradients import last_observed, observed, value_and_grads
 from compatopt.train._lifting import call_lifted, lift_out, nested
 from compatopt.train._operation import Operation
 from compatopt.train._slots import SlotsMixin
@@ -159,10 +159,14 @@ class Optimizer(SlotsMixin):
                  aggregation_method: Any = None, colocate_gradients_with_ops: bool = False,
                  name: Optional[str] = None, grad_loss: Any = None) -> Operation:
         """``compute_gradients`` then ``apply_gradients``; runs now and returns an
-        :class:`Operation` whose ``run()`` does the whole step again."""
+        :class:`Operation` whose ``run()`` does the whole step again. Its ``loss`` is the
+        value ``loss()`` had in that step (before the update), from the same forward pass
+        as the gradients: TF1's ``sess.run([loss, train_op])``."""
         def step():
+            last_observed()  # a value left by an earlier failed step is not this one's
             gvs = self.compute_gradients(
-                loss, var_list=var_list, gate_gradients=gate_gradients,
+                observed(loss) if callable(loss) else loss, var_list=var_list,
+                gate_gradients=gate_gradients,
                 aggregation_method=aggregation_method,
                 colocate_gradients_with_ops=colocate_gradients_with_ops, grad_loss=grad_loss)
             if not [v for g, v in gvs if g is not None]:
@@ -170,10 +174,11 @@ class Optimizer(SlotsMixin):
                     "No gradients provided for any variable, check your graph for ops that "
                     "do not support gradients, between variables %s and loss %s."
                     % ([str(v) for _, v in gvs], loss))
+            value = last_observed()
             self._apply_for_minimize(gvs, global_step, name)
+            return value
 
-        step()
-        return Operation(name or self._name, step)
+        return Operation(name or self._name, step, loss=step())
 
     def _apply_for_minimize(self, grads_and_vars, global_step, name) -> None:
         """How ``minimize`` applies its gradients (a wrapper reduces them first)."""
