@@ -62,3 +62,29 @@ from compatopt.train._variable import (
     trainable_variables as trainable_variables,
 )
 # --- end compat shim ------------------------------------------------------------------------
+from compatopt.clip_ops import (
+    clip_by_average_norm as clip_by_average_norm,
+    clip_by_global_norm as clip_by_global_norm,
+    clip_by_norm as clip_by_norm,
+    clip_by_value as clip_by_value,
+    global_norm as global_norm,
+)
+from compatopt.train import nn as nn
+from compatopt.train.nn import gather as gather
+from compatopt import moving_averages as moving_averages
+from compatopt.train.variable_scope import (
+    AUTO_REUSE as AUTO_REUSE,
+    VariableScope as VariableScope,
+    constant_initializer as constant_initializer,
+    get_variable as get_variable,
+    get_variable_scope as get_variable_scope,
+    glorot_normal_initializer as glorot_normal_initializer,
+    glorot_uniform_initializer as glorot_uniform_initializer,
+    name_scope as name_scope,
+    ones_initializer as ones_initializer,
+    random_normal_initializer as random_normal_initializer,
+    random_uniform_initializer as random_uniform_initializer,
+    truncated_normal_initializer as truncated_normal_initializer,
+    variable_scope as variable_scope,
+    zeros_initializer as zeros_initializer,
+)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compatopt.train import _variable as V
+from compatopt.train import _scopes, _variable as V
 
 _log = logging.getLogger(__name__)
 
@@ -69,8 +69,12 @@ def create_global_step(graph: Optional[V.Graph] = None) -> V.Variable:
     prev = V._default_graph
     V._default_graph = graph
     try:
-        return V.Variable(np.zeros((), _step_dtype()), trainable=False, name="global_step",
-                          collections=[V.GLOBAL_VARIABLES, V.GLOBAL_STEP])
+        # TF1: get_variable("global_step") in the current variable scope, no name scope
+        scope = _scopes.current().name
+        with _scopes.absolute_names():
+            return V.Variable(np.zeros((), _step_dtype()), trainable=False,
+                              name=f"{scope}/global_step" if scope else "global_step",
+                              collections=[V.GLOBAL_VARIABLES, V.GLOBAL_STEP])
     finally:
         V._default_graph = prev
 

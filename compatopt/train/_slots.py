@@ -13,17 +13,24 @@ from typing import Any, Callable, List, Optional
 import jax
 import jax.numpy as jnp
 
+from compatopt.train import _scopes
 from compatopt.train._variable import GLOBAL_VARIABLES, Variable, get_default_graph
 
 
 def create_slot(primary: Variable, value_fn: Callable[[], Any], op_name: str) -> Variable:
     """A slot for ``primary`` named ``<primary>/<op_name>`` (uniquified by scope)."""
-    name = get_default_graph().unique_scope(f"{primary.op.name}/{op_name}")
+    # TF1 slot_creator: ``variable_scope(None, default_name=<primary>/<op_name>)`` inside the
+    # current variable scope, so under ``variable_scope("s")`` the slot of ``s/w`` is
+    # ``s/s/w/Adam`` (recorded with TF 2.21); the name scope does not apply.
+    scope = _scopes.current().name
+    prefix = f"{scope}/" if scope else ""
+    name = get_default_graph().unique_scope(f"{prefix}{primary.op.name}/{op_name}")
     with jax.ensure_compile_time_eval():
         value = jnp.asarray(value_fn())
     if tuple(value.shape) != primary.shape:
         value = jnp.broadcast_to(value, primary.shape)
-    return Variable(value, trainable=False, name=name, collections=[GLOBAL_VARIABLES])
+    with _scopes.absolute_names():
+        return Variable(value, trainable=False, name=name, collections=[GLOBAL_VARIABLES])
 
 
 class SlotsMixin:

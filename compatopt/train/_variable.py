@@ -26,6 +26,7 @@ import numpy as np
 
 from compatopt import _numerics
 from compatopt._tf_names import NameCounters
+from compatopt.train import _scopes
 
 GLOBAL_VARIABLES = "variables"
 TRAINABLE_VARIABLES = "trainable_variables"
@@ -300,7 +301,7 @@ class Variable:
         self.trainable = True if trainable is None else bool(trainable)
         self.constraint = constraint
         graph = get_default_graph()
-        self._shared_name = graph.unique_name(name or "Variable")
+        self._shared_name = graph.unique_name(_scopes.prefixed(name))
         self._name = self._shared_name + ":0"
         self._unique_id = id(self)
         self.graph = graph
