@@ -56,3 +56,14 @@ from compatopt.train.saver import (
     load_checkpoint as load_checkpoint,
     load_variable as load_variable,
 )
+from compatopt.train.checkpoint_utils import (
+    NewCheckpointReader as NewCheckpointReader,
+    checkpoints_iterator as checkpoints_iterator,
+    get_checkpoint_mtimes as get_checkpoint_mtimes,
+    remove_checkpoint as remove_checkpoint,
+    update_checkpoint_state as update_checkpoint_state,
+)
+from compatopt.train.warm_starting import (
+    init_from_checkpoint as init_from_checkpoint,
+    warm_start as warm_start,
+)
