@@ -37,9 +37,10 @@ from compatopt._tf_names import NameCounters
 from compatopt.checkpoint import _npz as npz
 from compatopt.checkpoint._paths import NameMap, map_name, open_reader
 from compatopt.checkpoint._state_file import resolve_checkpoint
+from compatopt.checkpoint._tf_bundle import write_tf_bundle as write_tf_bundle
 from compatopt.checkpoint._validate import read_checked
 
-__all__ = ["tf1_names", "to_tf1", "from_tf1", "save", "load"]
+__all__ = ["tf1_names", "to_tf1", "from_tf1", "save", "load", "write_tf_bundle"]
 
 
 class _Entry(NamedTuple):
@@ -209,13 +210,21 @@ def from_tf1(rule: Rule, tensors: Mapping[str, Any], params_like: Any, *, count:
 
 def save(prefix: str, rule: Rule, params: Any, state: Any, *, global_step: Any = None,
          names: Any = None, optimizer_name: Optional[str] = None,
-         slot_op_names: Optional[Mapping[str, str]] = None, name_map: NameMap = None) -> str:
+         slot_op_names: Optional[Mapping[str, str]] = None, name_map: NameMap = None,
+         format: str = "npz") -> str:
     """Writes ``(params, state)`` atomically as a compatopt checkpoint ``<prefix>.npz``
-    under TF1's names; ``compatopt.train.Saver`` and :func:`load` read it. Returns
-    ``prefix``."""
-    npz.write(prefix, to_tf1(rule, params, state, global_step=global_step, names=names,
-                             optimizer_name=optimizer_name, slot_op_names=slot_op_names,
-                             name_map=name_map))
+    under TF1's names, or with ``format="tf"`` as a TensorFlow checkpoint (``.index`` and
+    ``.data-00000-of-00001``, see :func:`write_tf_bundle`) that TF1's ``Saver`` restores;
+    ``compatopt.train.Saver`` and :func:`load` read both. Returns ``prefix``."""
+    if format not in ("npz", "tf"):
+        raise ValueError(f"format must be 'npz' or 'tf', got {format!r}")
+    tensors = to_tf1(rule, params, state, global_step=global_step, names=names,
+                     optimizer_name=optimizer_name, slot_op_names=slot_op_names,
+                     name_map=name_map)
+    if format == "tf":
+        write_tf_bundle(prefix, tensors)
+    else:
+        npz.write(prefix, tensors)
     return prefix
 
 
@@ -224,9 +233,9 @@ def load(path: str, rule: Rule, params_like: Any, *, count: Any = None,
          optimizer_name: Optional[str] = None,
          slot_op_names: Optional[Mapping[str, str]] = None,
          name_map: NameMap = None) -> Tuple[Any, Any]:
-    """``(params, state)`` from a checkpoint written by TF1's ``Saver`` (needs TensorFlow),
-    by ``compatopt.train.Saver`` or by :func:`save`; ``path`` is a prefix or a directory
-    (its latest checkpoint). Arguments as :func:`from_tf1`."""
+    """``(params, state)`` from a checkpoint written by TF1's ``Saver`` (read natively,
+    without TensorFlow), by ``compatopt.train.Saver`` or by :func:`save`; ``path`` is a
+    prefix or a directory (its latest checkpoint). Arguments as :func:`from_tf1`."""
     naming = dict(names=names, optimizer_name=optimizer_name, slot_op_names=slot_op_names,
                   name_map=name_map)
     reader = open_reader(resolve_checkpoint(path))

@@ -1,4 +1,5 @@
-"""Finding and opening a checkpoint: compatopt's ``.npz`` first, else TensorFlow's bundle.
+"""Finding and opening a checkpoint: compatopt's ``.npz`` first, else TensorFlow's bundle
+(read natively, without TensorFlow).
 
 Also TF1's names for checkpoint entries under a rename (``NameMap``), shared by
 ``compatopt.train.Saver`` and the functional :mod:`compatopt.checkpoint`.
@@ -14,7 +15,7 @@ from compatopt.checkpoint import _npz as npz
 from compatopt.checkpoint import _tf_bundle as tf_bundle
 
 NameMap = Union[None, Mapping[str, str], Callable[[str], str]]
-Reader = Union[npz.NpzReader, tf_bundle.TFReader]
+Reader = Union[npz.NpzReader, tf_bundle.bundle_format.BundleReader, tf_bundle.TFReader]
 
 
 def map_name(name_map: NameMap, name: str) -> str:
@@ -49,7 +50,8 @@ def checkpoint_exists(checkpoint_prefix: str) -> bool:
 
 
 def open_reader(prefix: str) -> Reader:
-    """A reader for checkpoint ``prefix``: compatopt's own, else TensorFlow's.
+    """A reader for checkpoint ``prefix``: compatopt's own, else TensorFlow's (read by
+    compatopt's native bundle reader).
 
     ``NotFoundError`` if neither exists.
     """
@@ -58,7 +60,7 @@ def open_reader(prefix: str) -> Reader:
     if prefix.endswith(npz.SUFFIX) and os.path.isfile(prefix):
         return npz.NpzReader(prefix[:-len(npz.SUFFIX)])
     if tf_bundle.exists(prefix):
-        return tf_bundle.TFReader(prefix)
+        return tf_bundle.open_bundle(prefix)
     raise checkpoint_not_found(prefix)
 
 

@@ -13,7 +13,8 @@ from compatopt import errors
 from compatopt.checkpoint import _npz as npz
 from compatopt.checkpoint import _state_file as state_file
 from compatopt.checkpoint._paths import NameMap, map_name, open_reader
-from compatopt.checkpoint._tf_bundle import TFReader
+from compatopt.checkpoint._tf_bundle import exists as tf_exists
+from compatopt.checkpoint._tf_bundle import open_bundle
 
 
 def list_variables(ckpt_dir_or_file: Any) -> List[Tuple[str, List[int]]]:
@@ -62,16 +63,19 @@ def load_variable(ckpt_dir_or_file: Any, name: str) -> np.ndarray:
 
 
 def convert_tf1_checkpoint(src: str, dst: str, name_map: NameMap = None) -> str:
-    """Converts a TensorFlow checkpoint into a compatopt checkpoint (needs TensorFlow).
+    """Converts a TensorFlow checkpoint into a compatopt checkpoint (no TensorFlow needed).
 
-    Every tensor of ``src`` (a checkpoint prefix such as ``model.ckpt-50``, or a directory:
-    its latest checkpoint) is read with TensorFlow's reader and written, bit for bit, to
-    ``<dst>.npz`` under the same name, or ``name_map(name)`` / ``name_map.get(name, name)``.
-    The result restores with :class:`compatopt.train.Saver` where TensorFlow is not
-    installed. Returns ``dst``.
+    Every numeric tensor of ``src`` (a checkpoint prefix such as ``model.ckpt-50``, or a
+    directory: its latest checkpoint) is read with compatopt's native bundle reader and
+    written, bit for bit, to ``<dst>.npz`` under the same name, or ``name_map(name)`` /
+    ``name_map.get(name, name)``: partitioned variables whole, string tensors and TF2's
+    object graph left out. ``DataLossError`` if ``src`` is damaged, ``NotFoundError`` if it
+    is not a checkpoint (a compatopt checkpoint is copied).
+    ``compatopt.train.Saver`` restores TensorFlow checkpoints directly too; converting gives
+    the one-file format. Returns ``dst``.
     """
     src = state_file.resolve_checkpoint(src)
-    reader = TFReader(src)
+    reader = open_bundle(src) if tf_exists(src) else open_reader(src)
     tensors = {}
     for name in sorted(reader.specs()):
         new = map_name(name_map, name)

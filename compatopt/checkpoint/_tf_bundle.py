@@ -1,24 +1,29 @@
-"""Reading checkpoints written by TensorFlow (``tf.compat.v1.train.Saver``, ``tf.train``).
+"""TensorFlow's checkpoints (``tf.compat.v1.train.Saver``, ``tf.train``): which files they
+are, how to open and delete them.
 
-No TensorFlow format code lives here: the tensors are read by TensorFlow's own
-``tf.train.load_checkpoint`` reader, imported only when such a checkpoint is opened. Without
-TensorFlow that raises an ``ImportError`` saying how to install it (``compatopt[tf]``) or how
-to convert the checkpoint once on a machine that has it (:func:`convert_tf1_checkpoint`).
+compatopt reads and writes TensorFlow's tensor-bundle format itself, without TensorFlow
+(:mod:`compatopt.checkpoint._bundle_format`): :func:`open_bundle` is the reader every path
+uses (``Saver.restore``, ``list_variables``, ``load_variable``, ``convert_tf1_checkpoint``,
+``compatopt.checkpoint.load``), and :func:`write_tf_bundle` writes a checkpoint that
+TensorFlow restores. :class:`TFReader`, the same interface over TensorFlow's own
+``tf.train.load_checkpoint`` (imported only when one is built), is kept as a cross-check
+for the tests and for checkpoints the native reader refuses (e.g. Snappy-compressed
+tables, which TensorFlow itself never writes for checkpoints).
 """
 
 from __future__ import annotations
 
 import glob
 import os
-from typing import Any, Dict, cast
+from typing import Any, Dict, Mapping, cast
 
 import numpy as np
 
 from compatopt import errors
+from compatopt.checkpoint import _bundle_format as bundle_format
 from compatopt.checkpoint._npz import Spec
 
-# Entries TensorFlow adds to object-based checkpoints; they are not variables.
-TF_INTERNAL_KEYS = frozenset({"_CHECKPOINTABLE_OBJECT_GRAPH"})
+from compatopt.checkpoint._bundle_format import TF_INTERNAL_KEYS as TF_INTERNAL_KEYS
 
 _INSTALL_HINT = (
     "Reading a checkpoint written by TensorFlow ({path}) needs TensorFlow: "
@@ -30,6 +35,20 @@ _INSTALL_HINT = (
 def exists(prefix: str) -> bool:
     """True if a TensorFlow (V2 format) checkpoint ``prefix`` exists: ``<prefix>.index``."""
     return os.path.isfile(prefix + ".index")
+
+
+def open_bundle(prefix: str) -> bundle_format.BundleReader:
+    """The native reader of TensorFlow checkpoint ``prefix`` (no TensorFlow needed)."""
+    return bundle_format.BundleReader(prefix)
+
+
+def write_tf_bundle(prefix: str, tensors: Mapping[str, Any]) -> str:
+    """Writes ``tensors`` (``{name: array}``) as a TensorFlow checkpoint ``prefix``
+    (``<prefix>.index`` and ``<prefix>.data-00000-of-00001``), byte for byte what
+    ``tf.compat.v1.train.Saver`` writes for them; TensorFlow's ``tf.train.load_checkpoint``
+    and ``Saver.restore`` read it. No ``checkpoint`` state file is written (``Saver.save``
+    does that). Returns ``prefix``."""
+    return bundle_format.write_bundle(prefix, tensors)
 
 
 def _import_tf(path: str) -> Any:
@@ -61,7 +80,8 @@ def _translate(tf: Any, e: BaseException, what: str) -> BaseException:
 
 
 class TFReader:
-    """``tf.train.load_checkpoint`` behind the interface of :class:`NpzReader`."""
+    """``tf.train.load_checkpoint`` behind the interface of :class:`NpzReader` (needs
+    TensorFlow; compatopt's own paths use :func:`open_bundle`)."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix

@@ -3,9 +3,11 @@
 Checkpoints are keyed by TF1's names: variables by ``op.name`` (``"w"``), slots
 (``"w/Adam"``, ``"w/Adam_1"``), non-slot variables (``"beta1_power"``) and the global step
 (``"global_step"``), so a TF1 training resumes with its optimizer state. ``save`` writes
-compatopt's own file (``<prefix>.npz``, see ``compatopt.checkpoint._npz``) atomically and updates
-the ``checkpoint`` state file; ``restore`` reads those and, through TensorFlow's own reader,
-checkpoints written by TensorFlow (needs ``pip install compatopt[tf]``).
+compatopt's own file (``<prefix>.npz``, see ``compatopt.checkpoint._npz``) atomically, or with
+``format="tf"`` TensorFlow's tensor bundle (``<prefix>.index``, ``.data-00000-of-00001``,
+which TF1's ``Saver.restore`` reads), and updates the ``checkpoint`` state file;
+``restore`` reads both formats, TensorFlow's with compatopt's native reader (no TensorFlow
+needed, ``compatopt.checkpoint._bundle_format``).
 
 Differences from TF1 (all deliberate):
 
@@ -40,8 +42,10 @@ from compatopt.checkpoint._reader import load_checkpoint as load_checkpoint
 from compatopt.checkpoint._reader import load_variable as load_variable
 from compatopt.checkpoint._state_file import get_checkpoint_state as get_checkpoint_state
 from compatopt.checkpoint._state_file import latest_checkpoint as latest_checkpoint
+from compatopt.checkpoint._tf_bundle import write_tf_bundle
 from compatopt.checkpoint._validate import read_checked
 from compatopt.train._create_slots import create_slots as create_slots
+from compatopt.train._global_step import get_global_step
 from compatopt.train._variable import Variable, global_variables, locked, read_together
 
 __all__ = ["CheckpointReader", "Saver", "checkpoint_exists", "convert_tf1_checkpoint",
@@ -82,6 +86,10 @@ class Saver:
         ``lambda n: "model/" + n`` for a checkpoint written under a ``model`` scope).
       allow_empty: save/restore nothing instead of raising when there are no variables.
       pad_step_number: ``model.ckpt-00000100`` instead of ``model.ckpt-100``.
+      format: what ``save`` writes: ``"npz"`` (compatopt's one file ``<prefix>.npz``) or
+        ``"tf"`` (TensorFlow's V2 bundle, ``<prefix>.index`` + ``.data-00000-of-00001``, byte
+        for byte what TF1's ``Saver`` writes, so TensorFlow restores it). ``restore``
+        reads either, whatever this is.
       sharded, name, restore_sequentially, saver_def, builder, defer_build, write_version,
         save_relative_paths, filename: accepted for TF1 compatibility, ignored (the state
         file always holds paths relative to its directory).
@@ -99,7 +107,11 @@ class Saver:
                  saver_def: Any = None, builder: Any = None, defer_build: bool = False,
                  allow_empty: bool = False, write_version: Any = None,
                  pad_step_number: bool = False, save_relative_paths: bool = False,
-                 filename: Optional[str] = None, name_map: NameMap = None) -> None:
+                 filename: Optional[str] = None, name_map: NameMap = None,
+                 format: str = "npz") -> None:
+        if format not in ("npz", "tf"):
+            raise ValueError(f"format must be 'npz' or 'tf', got {format!r}")
+        self._format = format
         if isinstance(var_list, dict):
             for k, v in var_list.items():
                 if not isinstance(k, str):
@@ -155,7 +167,9 @@ class Saver:
         also works. ``global_step`` (an int or the step Variable) is appended to the path.
         The state file ``latest_filename`` (default ``checkpoint``) in the same directory
         is updated unless ``write_state=False``, and checkpoints beyond ``max_to_keep`` are
-        deleted. The write is atomic: a crash leaves the previous checkpoint intact.
+        deleted. The write is atomic: a crash leaves the previous checkpoint intact
+        (``format="tf"``: each file is replaced atomically, the data file first; the
+        graph's int32 global step is written as TF1's int64).
         """
         if save_path is None and isinstance(sess, (str, os.PathLike)):
             sess, save_path = None, sess
@@ -175,6 +189,11 @@ class Saver:
         step_var = [global_step] if isinstance(global_step, Variable) else []
         values = read_together([*targets.values(), *step_var])
         tensors = {k: np.asarray(value) for k, value in zip(targets, values)}
+        if self._format == "tf":  # TF1's global step is int64 (compatopt's: int32 w/o x64)
+            step_of_graph = get_global_step()
+            for k, v in targets.items():
+                if v is step_of_graph and tensors[k].dtype == np.int32:
+                    tensors[k] = tensors[k].astype(np.int64)
         if global_step is not None:
             step = _step_value(values[-1] if step_var else global_step)
             fmt_step = "%s-%08d" if self._pad_step_number else "%s-%d"
@@ -182,7 +201,12 @@ class Saver:
         else:
             checkpoint_file = save_path
         with self._lock:  # concurrent saves: the state file never lists a deleted checkpoint
-            npz.write(checkpoint_file, tensors)
+            if self._format == "tf":
+                write_tf_bundle(checkpoint_file, tensors)
+                if npz.exists(checkpoint_file):  # restore would read it first
+                    os.remove(npz.data_file(checkpoint_file))
+            else:
+                npz.write(checkpoint_file, tensors)
             if write_state:
                 self._record(checkpoint_file)
                 state_file.write_state(save_dir, checkpoint_file, self.last_checkpoints,
@@ -238,8 +262,8 @@ class Saver:
         checkpoint; ``NotFoundError`` naming each variable the checkpoint lacks, and, when
         ``expect_partial`` is false, each checkpoint entry no variable takes;
         ``InvalidArgumentError`` naming each shape or dtype mismatch; ``DataLossError`` for
-        a truncated or corrupt file; ``ImportError`` for a TensorFlow checkpoint without
-        TensorFlow installed. ``expect_partial=None`` means True for a saver with an
+        a truncated or corrupt file (compatopt's or TensorFlow's, both read without
+        TensorFlow). ``expect_partial=None`` means True for a saver with an
         explicit ``var_list`` and False for ``var_list=None``.
         """
         if save_path is None and isinstance(sess, (str, os.PathLike)):
