@@ -128,12 +128,26 @@ def div(x: jax.Array, y: jax.Array) -> jax.Array:
     y = jnp.asarray(y)
     if y.shape == x.shape or x.ndim == 0:
         return x / opaque(y)
-    y_full = jnp.broadcast_to(y, x.shape)
+    return x / _tied_to(jnp.broadcast_to(y, x.shape), x)
+
+
+@jax.custom_jvp
+def _tied_to(y_full: jax.Array, x: jax.Array) -> jax.Array:
+    """``y_full``, made data-dependent on ``x`` (OR-ed with a bit that is set only where
+    ``x`` is the all-ones NaN pattern, which no float operation produces); its derivative
+    is the identity in ``y_full`` (raw bit casts have none)."""
     uint = _UINT_OF_WIDTH[y_full.dtype.itemsize]
     x_bits = lax.bitcast_convert_type(x, _UINT_OF_WIDTH[x.dtype.itemsize])
     tie = (x_bits == jnp.asarray(np.iinfo(x_bits.dtype).max, x_bits.dtype)).astype(uint)
-    return x / lax.bitcast_convert_type(lax.bitcast_convert_type(y_full, uint) | tie,
-                                        y_full.dtype)
+    return lax.bitcast_convert_type(lax.bitcast_convert_type(y_full, uint) | tie,
+                                    y_full.dtype)
+
+
+@_tied_to.defjvp
+def _tied_to_jvp(primals, tangents):
+    y_full, x = primals
+    dy, _ = tangents
+    return _tied_to(y_full, x), dy
 
 
 def sqrt(x: jax.Array) -> jax.Array:
