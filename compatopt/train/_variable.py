@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compatopt import _numerics
+from compatopt import _numerics, _sparse
 from compatopt._tf_names import NameCounters
 from compatopt.train import _scopes
 
@@ -373,7 +373,14 @@ class Variable:
         return np.array(_read(self))
 
     def sparse_read(self, indices: Any) -> jax.Array:
-        """``tf.gather(v, indices)``; its gradient is an ``IndexedSlices`` (rows only)."""
+        """``tf.gather(v, indices)``; its gradient is an ``IndexedSlices`` (rows only).
+
+        Concrete out-of-range indices raise TF1's CPU gather error
+        (``InvalidArgumentError``); traced ones (under ``jit``) cannot, and read NaN rows.
+        """
+        if not isinstance(indices, jax.core.Tracer):
+            _sparse.check_indices(np.asarray(indices).reshape(-1), self.shape[0],
+                                  f"gather from variable '{self.op.name}'")
         stack = _frames()
         for frame in reversed(stack):
             if frame.sparse_read_hook is not None:

@@ -77,3 +77,24 @@ def test_global_step_helpers():
     assert co.train.get_global_step() is gs
     assert co.train.global_step(None, gs) == 0
     assert gs in co.global_variables() and gs not in co.trainable_variables()
+
+
+def test_sparse_read_out_of_range_raises_tf1s_gather_error():
+    from compatopt.errors import InvalidArgumentError
+
+    w = co.Variable(np.ones((4, 2), np.float32), name="emb_rows")
+    with pytest.raises(InvalidArgumentError,
+                       match=r"gather from variable 'emb_rows': indices\[1\] = 7 is not in "
+                             r"\[0, 4\)"):
+        w.sparse_read([1, 7])
+    assert w.sparse_read([3, 0]).shape == (2, 2)
+
+
+def test_jnp_function_on_a_variable_is_a_type_error_naming_the_variable_type():
+    """JAX 0.10 no longer converts ``__jax_array__`` objects in ``jnp.*`` and offers no hook
+    to change its message (checked: ``pytype_aval_mappings`` hints are dropped), so the
+    error is JAX's TypeError naming the type; README item 1 says to read ``w.value``."""
+    w = co.Variable(np.ones(2, np.float32), name="tanh_w")
+    with pytest.raises(TypeError, match="Variable"):
+        jnp.tanh(w)
+    np.testing.assert_array_equal(jnp.tanh(w.value), np.tanh(np.ones(2, np.float32)))
