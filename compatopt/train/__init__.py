@@ -67,3 +67,4 @@ from compatopt.train.warm_starting import (
     init_from_checkpoint as init_from_checkpoint,
     warm_start as warm_start,
 )
+from compatopt.train.sync_replicas import SyncReplicasOptimizer as SyncReplicasOptimizer

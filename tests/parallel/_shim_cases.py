@@ -291,3 +291,53 @@ def test_slots_are_created_with_the_variable_sharding():
     opt = co.train.AdamOptimizer(0.01)
     opt._create_slots([w])  # the TF1 hook apply_gradients calls first
     assert opt.get_slot(w, "m").value.sharding == sh
+
+
+# ------------------------------------------------------------------ SyncReplicasOptimizer
+
+
+def _sync_reference(n: int):
+    """One device: each of ``n`` batch slices' gradients (loss not rescaled), summed in
+    slice order, times ``1/n`` (TF1's accumulator average), applied once."""
+    co.reset_default_graph()
+    v = _variables()
+    opt = co.train.AdamOptimizer(0.01)
+    gs = co.train.get_or_create_global_step()
+
+    @co.function
+    def step(x, y):
+        per_slice = [opt.compute_gradients(lambda: _loss(v, xs, ys), var_list=list(v.values()))
+                     for xs, ys in zip(jnp.split(x, n), jnp.split(y, n))]
+        averaged = []
+        for i, (g, var) in enumerate(per_slice[0]):
+            for other in per_slice[1:]:
+                g = g + other[i][0]
+            averaged.append((g * jnp.float32(1.0 / n), var))
+        return opt.apply_gradients(averaged, global_step=gs)
+
+    for x, y in _batches():
+        step(jnp.asarray(x), jnp.asarray(y))
+    return _values(v), int(gs.value)
+
+
+@pytest.mark.parametrize("n", [2, 8])
+def test_sync_replicas_averages_over_the_mesh_axis(n):
+    co.reset_default_graph()
+    v = _variables()
+    opt = co.train.SyncReplicasOptimizer(co.train.AdamOptimizer(0.01), replicas_to_aggregate=n,
+                                         fixed_order=True)
+    gs = co.train.get_or_create_global_step()
+    mesh = mesh_1d(n)
+
+    @co.function
+    @cross_shard.shard_map(mesh=mesh, in_specs=P("data"))
+    def step(x, y):
+        return opt.minimize(lambda: _loss(v, x, y), global_step=gs, var_list=list(v.values()))
+
+    data = NamedSharding(mesh, P("data"))
+    for x, y in _batches():
+        step(jax.device_put(x, data), jax.device_put(y, data))
+    assert int(gs.value) == STEPS  # one update per step, not one per replica
+    want, steps = _sync_reference(n)
+    assert steps == STEPS
+    assert_bitwise(_values(v), want, f"SyncReplicas on {n} devices")
