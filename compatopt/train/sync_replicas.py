@@ -127,8 +127,9 @@ class SyncReplicasOptimizer(Optimizer):
                 f"but the step runs on {n} replica(s) (axis {axes}); they must be equal")
         if n > 1:
             assert axes is not None
+            axis: Any = axes if len(axes) > 1 else axes[0]  # pyright: ignore[reportGeneralTypeIssues]
             grads = parallel.reduce_gradients(
-                [g for g, _ in pairs], axes if len(axes) > 1 else axes[0],
+                [g for g, _ in pairs], axis,
                 reduction="mean", sparse="dense", fixed_order=self._fixed_order)
             pairs = tuple(zip(grads, [v for _, v in pairs]))
         op = self._opt.apply_gradients(pairs, global_step, name)
