@@ -72,6 +72,7 @@ from compatopt.clip_ops import (
 from compatopt.train import nn as nn
 from compatopt.train.nn import gather as gather
 from compatopt import moving_averages as moving_averages
+from compatopt import tf_math as tf_math
 from compatopt.sparse_grad import lookup as lookup, value_and_sparse_grad as value_and_sparse_grad
 from compatopt.train.variable_scope import (
     AUTO_REUSE as AUTO_REUSE,

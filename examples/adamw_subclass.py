@@ -12,8 +12,10 @@ subclass. Its math, per variable (no bias correction)::
 The original overrides ``apply_gradients`` wholesale; here it is written with TF1's
 extension hooks instead (``_create_slots``, ``_prepare``, ``_resource_apply_dense``,
 ``_resource_apply_sparse``), which is how most TF1 custom optimizers look. The port is the
-TF1 class with ``tf.*`` ops swapped for ``jnp``/operators and ``var.assign(...)``; the slot
-variables keep BERT's checkpoint names (``w/adam_m``, ``w/adam_v``).
+TF1 class with ``tf.*`` ops swapped for :mod:`compatopt.tf_math` (TF1's rounding under XLA)
+and ``var.assign(...)``; the slot variables keep BERT's checkpoint names (``w/adam_m``,
+``w/adam_v``). ``tests/test_tf_math.py`` replays TF1 graph mode running the same subclass
+bit for bit.
 
 Run: ``python examples/adamw_subclass.py [--steps N]``: trains a small regression twice
 from the same initial values and data, on a fresh graph each time, once eagerly and once
@@ -31,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import compatopt as co
+from compatopt import tf_math as tm
 
 
 class AdamWeightDecayOptimizer(co.train.Optimizer):
@@ -59,12 +62,13 @@ class AdamWeightDecayOptimizer(co.train.Optimizer):
 
     def _update(self, grad, param):
         m, v = self.get_slot(param, "m"), self.get_slot(param, "v")
-        next_m = self.beta_1 * m + (1.0 - self.beta_1) * grad
-        next_v = self.beta_2 * v + (1.0 - self.beta_2) * jnp.square(grad)
-        update = next_m / (jnp.sqrt(next_v) + self.epsilon)
+        # tf_math keeps TF1's rounding under XLA (no FMA, no reciprocal): bit-exact with TF1
+        next_m = tm.mul(self.beta_1, m.value) + tm.mul(1.0 - self.beta_1, grad)
+        next_v = tm.mul(self.beta_2, v.value) + tm.mul(1.0 - self.beta_2, tm.square(grad))
+        update = tm.div(next_m, tm.sqrt(next_v) + self.epsilon)
         if self._do_use_weight_decay(param.name):
-            update += self.weight_decay_rate * param
-        param.assign(param - self._lr_t * update)
+            update += tm.mul(self.weight_decay_rate, param.value)
+        param.assign(param - tm.mul(self._lr_t, update))
         m.assign(next_m)
         v.assign(next_v)
 
