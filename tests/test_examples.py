@@ -145,3 +145,21 @@ def test_train_digits_one_epoch(tmp_path):
     m = re.search(r"^22 steps in \S+ s; test accuracy (\S+)$", out, re.M)
     assert m, out
     assert float(m.group(1)) > 0.5
+
+
+def test_ema_convnet_evaluates_with_the_restored_averages(tmp_path):
+    png = tmp_path / "ema.png"
+    out = run_example("ema_convnet.py", "--steps", "60", "--plot", str(png), cwd=tmp_path)
+    m = re.search(r"test accuracy: raw weights ([\d.]+), moving averages ([\d.]+)", out)
+    assert m, out
+    assert float(m.group(1)) > 0.3 and float(m.group(2)) > 0.1
+    assert "conv1/biases/ExponentialMovingAverage" in out
+    assert png.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_loss_scaling_functional_equals_shim(tmp_path, dtype):
+    out = run_example("bf16_loss_scaling.py", "--steps", "60", "--dtype", dtype, cwd=tmp_path)
+    assert "functional vs shim: identical losses" in out, out
+    m = re.search(r"loss ([\d.]+) -> ([\d.]+)", out)
+    assert m and float(m.group(2)) < float(m.group(1)), out
