@@ -378,7 +378,7 @@ class Variable:
         Concrete out-of-range indices raise TF1's CPU gather error
         (``InvalidArgumentError``); traced ones (under ``jit``) cannot, and read NaN rows.
         """
-        if not isinstance(indices, jax.core.Tracer):
+        if _numerics.is_concrete(indices):
             _sparse.check_indices(np.asarray(indices).reshape(-1), self.shape[0],
                                   f"gather from variable '{self.op.name}'")
         stack = _frames()
