@@ -54,6 +54,24 @@ SUM = "weighted_sum"    # tf.compat.v1.losses.Reduction.SUM
 _REDUCTIONS = {"mean": "mean", MEAN: "mean", "sum": "sum", SUM: "sum"}
 
 
+def replica_axes(axis_name: Any) -> Optional[tuple]:
+    """The replica mesh axes a wrapper reduces over: ``axis_name`` as a tuple, or (``None``)
+    every axis the enclosing ``shard_map`` made manual; ``None`` outside one."""
+    if axis_name is not None:
+        return tuple(axis_name) if isinstance(axis_name, (tuple, list)) else (axis_name,)
+    return tuple(jax.sharding.get_abstract_mesh().manual_axes) or None
+
+
+def replica_count(axes: Optional[tuple]) -> Optional[int]:
+    """The number of replicas along ``axes``; ``None`` when they are not bound here."""
+    if axes is None:
+        return None
+    try:
+        return math.prod(lax.axis_size(a) for a in axes)
+    except NameError:
+        return None
+
+
 class CrossShardOptimizer(Optimizer):
     """An optimizer that averages (or sums) gradients across replicas, as TF1's TPU one.
 
@@ -107,20 +125,10 @@ class CrossShardOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ shards
     def _axes(self) -> Optional[tuple]:
-        if self._axis_name is not None:
-            name = self._axis_name
-            return tuple(name) if isinstance(name, (tuple, list)) else (name,)
-        manual = tuple(jax.sharding.get_abstract_mesh().manual_axes)
-        return manual or None
+        return replica_axes(self._axis_name)
 
     def _num_shards(self) -> Optional[int]:
-        axes = self._axes()
-        if axes is None:
-            return None
-        try:
-            return math.prod(lax.axis_size(a) for a in axes)
-        except NameError:
-            return None
+        return replica_count(self._axes())
 
     def _verify_and_get_subgroup_size(self, group_assignment, num_shards: int) -> Optional[int]:
         """TF1's checks, messages included."""

@@ -20,15 +20,12 @@ one replica and the wrapped optimizer runs as is. The loss is not rescaled (unli
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Optional
-
-import jax
-from jax import lax
 
 from compatopt import parallel
 from compatopt.train._operation import Operation
 from compatopt.train._variable import Variable
+from compatopt.train.cross_shard import replica_axes, replica_count
 from compatopt.train.optimizer import Optimizer, check_grads_and_vars
 
 __all__ = ["SyncReplicasOptimizer"]
@@ -93,20 +90,6 @@ class SyncReplicasOptimizer(Optimizer):
         self._axis_name = axis_name
         self._fixed_order = fixed_order
 
-    def _axes(self) -> Optional[tuple]:
-        if self._axis_name is not None:
-            name = self._axis_name
-            return tuple(name) if isinstance(name, (tuple, list)) else (name,)
-        return tuple(jax.sharding.get_abstract_mesh().manual_axes) or None
-
-    def _num_replicas(self, axes: Optional[tuple]) -> int:
-        if axes is None:
-            return 1
-        try:
-            return math.prod(lax.axis_size(a) for a in axes)
-        except NameError:
-            return 1
-
     # ------------------------------------------------------------------ gradients
     def compute_gradients(self, loss: Callable, var_list: Optional[list] = None,
                           **kwargs: Any) -> list:
@@ -119,17 +102,16 @@ class SyncReplicasOptimizer(Optimizer):
         if global_step is None:
             raise ValueError("Global step is required to check staleness")
         pairs = check_grads_and_vars(grads_and_vars)
-        axes = self._axes()
-        n = self._num_replicas(axes)
+        axes = replica_axes(self._axis_name)
+        n = replica_count(axes) or 1  # outside a replica context: one replica
         if n != self._replicas_to_aggregate:
             raise ValueError(
                 f"SyncReplicasOptimizer: replicas_to_aggregate={self._replicas_to_aggregate} "
                 f"but the step runs on {n} replica(s) (axis {axes}); they must be equal")
         if n > 1:
             assert axes is not None
-            axis: Any = axes if len(axes) > 1 else axes[0]  # pyright: ignore[reportGeneralTypeIssues]
             grads = parallel.reduce_gradients(
-                [g for g, _ in pairs], axis,
+                [g for g, _ in pairs], axes,
                 reduction="mean", sparse="dense", fixed_order=self._fixed_order)
             pairs = tuple(zip(grads, [v for _, v in pairs]))
         op = self._opt.apply_gradients(pairs, global_step, name)
