@@ -7,7 +7,6 @@ under scalar ``jit`` and eagerly; all must be bit-exact (NaN == NaN).
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 
 import compatopt as co
 from compatopt import schedules
+from schedule_replay import assert_bits_equal, assert_replays, decode, x64_for
 from compatopt.errors import InvalidArgumentError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tf1" / "schedules"
@@ -40,49 +40,9 @@ def _eager_mode():
         yield
 
 
-def decode(arg):
-    if "py" in arg:
-        return arg["py"]
-    return np.dtype(arg["np"]).type(arg["value"])
-
-
-def x64_for(dtype_name: str):
-    return jax.enable_x64(True) if "64" in dtype_name else contextlib.nullcontext()
-
-
-def make(case: dict):
-    kwargs = {k: decode(v) for k, v in case["kwargs"].items()}
-    if case["function"] == "noisy_linear_cosine_decay":
-        kwargs["key"] = jax.random.key(0)
-    return getattr(schedules, case["function"])(
-        decode(case["learning_rate"]), *[decode(a) for a in case["args"]], **kwargs)
-
-
-def assert_bits_equal(got, want, where: str):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.dtype == want.dtype, (where, got.dtype, want.dtype)
-    uint = {2: np.uint16, 4: np.uint32, 8: np.uint64}[want.dtype.itemsize]
-    same = (got.view(uint) == want.view(uint)) | (np.isnan(got) & np.isnan(want))
-    if not same.all():
-        bad = np.flatnonzero(~same)[:5]
-        raise AssertionError(f"{where}: {(~same).sum()} of {same.size} differ, first at "
-                             f"{bad}: got {got[bad]} want {want[bad]}")
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_matches_tf_bit_for_bit(name):
-    case = CASES[name]
-    steps, want = VALUES[f"{name}__steps"], VALUES[f"{name}__values"]
-    with x64_for(case["dtype"]):
-        sched = make(case)
-        got = jax.jit(jax.vmap(sched))(jnp.asarray(steps, jnp.int32))
-        assert_bits_equal(got, want, f"{name} (jit+vmap)")
-        sample = np.r_[0:len(steps):37, len(steps) - 10:len(steps)]
-        scalar = jax.jit(sched)
-        assert_bits_equal([scalar(np.int32(s)) for s in steps[sample]], want[sample],
-                          f"{name} (scalar jit)")
-        eager = np.r_[0:len(steps):131, len(steps) - 1]
-        assert_bits_equal([sched(int(s)) for s in steps[eager]], want[eager], f"{name} (eager)")
+    assert_replays(name, CASES[name], VALUES[f"{name}__steps"], VALUES[f"{name}__values"])
 
 
 @pytest.mark.parametrize("name", sorted(PIECEWISE))
