@@ -66,6 +66,11 @@ class LazyTensor:
     def __repr__(self) -> str:
         return f"<LazyTensor {self._label}>"
 
+    @property
+    def name(self) -> str:
+        """What the value stands for (``decayed_learning_rate``, ``w/Regularizer``...)."""
+        return self._label
+
     def astype(self, dtype: Any) -> "LazyTensor":
         """``tf.cast``: the value converted to ``dtype`` when read."""
         return LazyTensor(lambda: jnp.asarray(self()).astype(dtype),

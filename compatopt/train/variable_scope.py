@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import re
 import threading
 import weakref
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence
@@ -399,9 +400,9 @@ def _wrap_getter(custom: Callable, inner: Callable) -> Callable[..., Variable]:
 
 
 def get_regularization_losses(scope: Optional[str] = None) -> list:
-    """``tf.compat.v1.losses.get_regularization_losses``: the regularizers' current values
-    (of the variables whose name starts with ``scope``)."""
+    """``tf.compat.v1.losses.get_regularization_losses``: the regularizers' current values;
+    with ``scope``, of those whose name matches it (``re.match``, TF1's collection filter)."""
     losses = get_default_graph().get_collection(REGULARIZATION_LOSSES)
     if scope:
-        losses = [x for x in losses if repr(x).startswith(f"<LazyTensor {scope}")]
+        losses = [x for x in losses if re.match(scope, x.name)]
     return [x() for x in losses]
