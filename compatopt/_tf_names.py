@@ -33,7 +33,8 @@ class NameCounters:
         try:
             yield journal
         finally:
-            stack.remove(journal)
+            # by identity: two journals with the same entries compare equal
+            del stack[next(i for i, j in enumerate(stack) if j is journal)]
 
     def _journal_stack(self) -> list:
         stack = getattr(self._journals, "stack", None)

@@ -17,45 +17,80 @@ and does them here:
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 
 from compatopt.train._operation import Operation
+from compatopt.train._packing import write_pack
 from compatopt.train._variable import Frame, Variable, active_frames, locked
 
 
-class Lifted(NamedTuple):
+class Lifted:
     """What one lifted call of user code did.
 
     Attributes:
       out: the code's return value, unchanged.
-      written: variables it assigned, in first-write order.
-      written_values: their final values (traced inside a trace).
+      written: variables it assigned, in first-write order (members of a pack it wrote
+        whole included).
+      written_values: their final values (traced inside a trace); computed when read.
       reads: variables whose value it read (``v.value``, operators), first-read order.
       all_reads: ``reads`` plus reads of variables being written or overridden.
+      pack_writes: ``{pack: new buffer}`` for packs written whole (``_packing``).
     """
 
-    out: Any
-    written: List[Variable]
-    written_values: List[Any]
-    reads: List[Variable]
-    all_reads: List[Variable]
+    __slots__ = ("out", "written", "reads", "all_reads", "frame")
+
+    def __init__(self, out: Any, frame: Frame) -> None:
+        self.out = out
+        self.frame = frame
+        self.written: List[Variable] = list(frame.writes)
+        self.reads: List[Variable] = list(frame.reads)
+        self.all_reads: List[Variable] = list(frame.all_reads)
+
+    def value_of(self, var: Variable) -> Any:
+        overrides = self.frame.overrides
+        if var in overrides:
+            return overrides[var]
+        return overrides[var._pack].view(var)
+
+    @property
+    def written_values(self) -> List[Any]:
+        return [self.value_of(v) for v in self.written]
+
+    @property
+    def pack_writes(self) -> Dict[Any, Any]:
+        overrides = self.frame.overrides
+        return {p: overrides[p].buffer for p in self.frame.pack_writes}
+
+    def member_writes(self) -> List[Variable]:
+        """``written`` less the members whose latest write was their pack's whole write."""
+        overrides, packs = self.frame.overrides, self.frame.pack_writes
+        return [v for v in self.written if v in overrides or v._pack not in packs]
 
 
-def call_lifted(fn: Callable, variables: Sequence[Variable], values: Sequence[Any], *args: Any,
+def call_lifted(fn: Callable, variables: Sequence[Any], values: Sequence[Any], *args: Any,
                 sparse_read_hook: Optional[Callable] = None, **kwargs: Any) -> Lifted:
     """Runs ``fn(*args, **kwargs)`` with ``variables`` reading as ``values``, writes captured.
 
     Nothing is stored into any variable: the writes come back in the result. A variable not
-    in ``variables`` reads as its enclosing frame's value, or its stored one.
+    in ``variables`` reads as its enclosing frame's value, or its stored one. ``variables``
+    may hold packs (``_packing.Pack``) with ``_packing.PackValue`` values: their members
+    read as slices of the traced buffer.
     """
     with Frame(overrides=dict(zip(variables, values)), capture=True) as frame:
         frame.sparse_read_hook = sparse_read_hook
         out = fn(*args, **kwargs)
-    written = list(frame.writes)
-    return Lifted(out, written, [frame.overrides[v] for v in written], list(frame.reads),
-                  list(frame.all_reads))
+    return Lifted(out, frame)
+
+
+def commit(lifted: Lifted) -> None:
+    """Stores a lifted call's writes where a plain call would have made them: the enclosing
+    frame (packs written whole stay whole) or the variables."""
+    for pack, buffer in lifted.pack_writes.items():
+        write_pack(pack, buffer)
+    members = lifted.member_writes()
+    lift_out(members, [lifted.value_of(v) for v in members], owned=False)
 
 
 def is_operation(x: Any) -> bool:

@@ -21,9 +21,11 @@ from typing import Any, Callable, Dict, Optional, cast
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from compatopt import _numerics, _rule, _sparse
 from compatopt._base import IndexedSlices, Rule
+from compatopt.train import _packing
 from compatopt.train._lazy import LazyTensor
 from compatopt.train._slots import create_slot
 from compatopt.train._variable import Variable
@@ -161,7 +163,7 @@ class RuleOptimizer(Optimizer):
                 if v not in named:
                     spec = jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=_placement(v))
                     named[v] = create_slot(v, lambda f=init_fn, s=spec: f(s),
-                                           self._slot_op_name(slot_name))
+                                           self._slot_op_name(slot_name), id(named))
 
     # ``_create_slots`` made every slot and non-slot variable these read; ``cast`` is only for
     # the checker (a missing one still fails as before, on ``None``).
@@ -173,10 +175,43 @@ class RuleOptimizer(Optimizer):
                      for n in self._non_slot_names()}
         return slots, non_slots
 
+    def _packed_groups(self, pairs) -> tuple:
+        """The packs this apply may update whole, and the pairs left for the per-variable
+        path: ``([(pack, slot packs, gradients in pack order)], rest)``.
+
+        A pack qualifies inside a compiled step that lifts it whole, when every member has
+        a dense gradient of its shape and dtype here and each slot of this optimizer fills
+        a pack of the same layout (``_packing``); the rule then runs once over the flat
+        buffers, elementwise, so each element gets the per-variable path's bits.
+        """
+        by_pack: dict = {}
+        for g, v in pairs:
+            pack = v._pack
+            if (pack is not None and isinstance(g, jax.Array) and g.dtype == v.dtype
+                    and tuple(g.shape) == v.shape):
+                by_pack.setdefault(pack, {})[v] = g
+        groups, covered = [], set()
+        for pack, grads in by_pack.items():
+            if len(grads) != len(pack.members) or _packing.pack_value(pack) is None:
+                continue
+            slot_packs = []
+            for s in self._slot_names():
+                slots = tuple(self.get_slot(v, s) for v in pack.members)
+                first = slots[0]
+                sp = first._pack if first is not None else None
+                if sp is None or sp.members != slots or _packing.pack_value(sp) is None:
+                    break
+                slot_packs.append(sp)
+            else:
+                groups.append((pack, slot_packs, [grads[v] for v in pack.members]))
+                covered.update(pack.members)
+        return groups, [(g, v) for g, v in pairs if v not in covered]
+
     def _run(self, pairs, store_non_slots: bool) -> None:
         for g, v in pairs:
             if isinstance(g, IndexedSlices) and len(v.shape) >= 1:
                 _sparse.check_indices(g.indices, v.shape[0], f"{self._name} ({v.op.name})")
+        packed, pairs = self._packed_groups(pairs)
         var_list = [v for _, v in pairs]
         # The rule sees a dict keyed by the variables' names, so its errors name the variable
         # (``parameter ['hidden/kernel']``), not a list position.
@@ -184,9 +219,21 @@ class RuleOptimizer(Optimizer):
         if len(set(keys)) != len(keys):  # same names from different graphs
             keys = [f"{k} ({i})" for i, k in enumerate(keys)]
         slots, non_slots = self._state_of(var_list, keys)
-        new_p, new_s, new_n = self._jit_apply(
-            self._dyn, {k: g for k, (g, _) in zip(keys, pairs)},
-            {k: v.value for k, v in zip(keys, var_list)}, slots, non_slots)
+        grads = {k: g for k, (g, _) in zip(keys, pairs)}
+        params = {k: v.value for k, v in zip(keys, var_list)}
+        pack_keys = []
+        for pack, slot_packs, pack_grads in packed:
+            key = f"{pack.members[0].op.name} (packed with {len(pack.members) - 1} more)"
+            pack_keys.append(key)
+            grads[key] = lax.concatenate([lax.reshape(g, (g.size,)) for g in pack_grads], 0)
+            params[key] = cast(_packing.PackValue, _packing.pack_value(pack)).buffer
+            for s, sp in zip(self._slot_names(), slot_packs):
+                slots[s][key] = cast(_packing.PackValue, _packing.pack_value(sp)).buffer
+        new_p, new_s, new_n = self._jit_apply(self._dyn, grads, params, slots, non_slots)
+        for key, (pack, slot_packs, _) in zip(pack_keys, packed):
+            _packing.write_pack(pack, new_p[key])
+            for s, sp in zip(self._slot_names(), slot_packs):
+                _packing.write_pack(sp, new_s[s][key])
         for k, v in zip(keys, var_list):
             v.assign(new_p[k])
             for s in new_s:

@@ -17,8 +17,13 @@ from compatopt.train import _scopes
 from compatopt.train._variable import GLOBAL_VARIABLES, Variable, get_default_graph
 
 
-def create_slot(primary: Variable, value_fn: Callable[[], Any], op_name: str) -> Variable:
-    """A slot for ``primary`` named ``<primary>/<op_name>`` (uniquified by scope)."""
+def create_slot(primary: Variable, value_fn: Callable[[], Any], op_name: str,
+                family: Any = None) -> Variable:
+    """A slot for ``primary`` named ``<primary>/<op_name>`` (uniquified by scope).
+
+    ``family`` identifies the slot kind (one optimizer's ``m``): the slots of one family
+    may share a packed layout with their primaries in a compiled step (``_packing``).
+    """
     # TF1 slot_creator: ``variable_scope(None, default_name=<primary>/<op_name>)`` inside the
     # current variable scope, so under ``variable_scope("s")`` the slot of ``s/w`` is
     # ``s/s/w/Adam`` (recorded with TF 2.21); the name scope does not apply.
@@ -30,7 +35,9 @@ def create_slot(primary: Variable, value_fn: Callable[[], Any], op_name: str) ->
     if tuple(value.shape) != primary.shape:
         value = jnp.broadcast_to(value, primary.shape)
     with _scopes.absolute_names():
-        return Variable(value, trainable=False, name=name, collections=[GLOBAL_VARIABLES])
+        slot = Variable(value, trainable=False, name=name, collections=[GLOBAL_VARIABLES])
+    slot._slot_of = (primary, op_name if family is None else family)
+    return slot
 
 
 class SlotsMixin:
@@ -65,7 +72,7 @@ class SlotsMixin:
         named = self._slot_dict(slot_name)
         if var not in named:
             named[var] = create_slot(var, lambda: val.value if isinstance(val, Variable)
-                                     else val, op_name)
+                                     else val, op_name, id(named))
         return named[var]
 
     def _get_or_make_slot_with_initializer(self, var: Variable, initializer: Callable,
@@ -74,14 +81,16 @@ class SlotsMixin:
         """The slot, created as ``initializer(shape, dtype)`` if missing."""
         named = self._slot_dict(slot_name)
         if var not in named:
-            named[var] = create_slot(var, lambda: initializer(tuple(shape), dtype), op_name)
+            named[var] = create_slot(var, lambda: initializer(tuple(shape), dtype), op_name,
+                                     id(named))
         return named[var]
 
     def _zeros_slot(self, var: Variable, slot_name: str, op_name: str) -> Variable:
         """The slot, created as zeros of ``var``'s shape and dtype if missing."""
         named = self._slot_dict(slot_name)
         if var not in named:
-            named[var] = create_slot(var, lambda: jnp.zeros(var.shape, var.dtype), op_name)
+            named[var] = create_slot(var, lambda: jnp.zeros(var.shape, var.dtype), op_name,
+                                     id(named))
         return named[var]
 
     def _create_non_slot_variable(self, initial_value: Any, name: str,

@@ -109,6 +109,7 @@ class Frame:
         self.reads: dict = {}
         self.all_reads: dict = {}
         self.writes: dict = {}
+        self.pack_writes: dict = {}  # packs (``_packing.Pack``) written whole, as ordered set
         self.sparse_read_hook: Optional[Callable] = None
 
     def __enter__(self) -> "Frame":
@@ -142,9 +143,13 @@ def peek(var: "Variable") -> jax.Array:
     copies it instead of donating it (a step on another thread never deletes it under the
     reader).
     """
+    pack = var._pack
     for frame in reversed(_frames()):
-        if var in frame.overrides:
-            return frame.overrides[var]
+        overrides = frame.overrides
+        if var in overrides:
+            return overrides[var]
+        if pack is not None and pack in overrides:  # a packed variable's traced slice
+            return overrides[pack].view(var)
     # A thread already holding variables' locks (a step being traced) only takes this one if
     # it is free: waiting here, out of creation order, could deadlock.
     if not var._lock.acquire(blocking=getattr(_local, "held", 0) == 0):
@@ -294,8 +299,11 @@ class Variable:
         if shape is not None and tuple(shape) != tuple(value.shape):
             raise ValueError(f"Shape {tuple(shape)} of variable {name} does not match the "
                              f"initial value's shape {tuple(value.shape)}")
-        self._stored = value
+        self._own: Optional[jax.Array] = value
+        self._pack: Any = None  # a ``_packing.Pack`` holding the value, see _stored
         self._owned = False
+        self._slot_of: Optional[tuple] = None  # (primary, family) for a slot (_packing)
+        self._sparse_read_seen = False
         self._lock = threading.RLock()
         self._serial = next(_serials)
         self.trainable = True if trainable is None else bool(trainable)
@@ -312,6 +320,20 @@ class Variable:
         if self.trainable and TRAINABLE_VARIABLES not in collections:
             graph.add_to_collection(TRAINABLE_VARIABLES, self)
 
+    # -- storage: the variable's own buffer, or its slice of a pack (compatopt.function)
+    @property
+    def _stored(self) -> jax.Array:
+        pack = self._pack
+        return self._own if pack is None else pack.read(self)  # type: ignore[return-value]
+
+    @_stored.setter
+    def _stored(self, value: jax.Array) -> None:
+        pack = self._pack
+        if pack is None:
+            self._own = value
+        else:
+            pack.write(self, value)
+
     # -- identity and metadata
     @property
     def name(self) -> str:
@@ -323,11 +345,15 @@ class Variable:
 
     @property
     def shape(self) -> tuple:
-        return tuple(self._stored.shape)
+        pack = self._pack
+        if pack is not None:
+            return pack.shapes[pack.index[self]]
+        return tuple(self._own.shape)  # type: ignore[union-attr]
 
     @property
     def dtype(self) -> jnp.dtype:
-        return jnp.dtype(self._stored.dtype)
+        pack = self._pack
+        return pack.dtype if pack is not None else jnp.dtype(self._own.dtype)  # type: ignore
 
     def get_shape(self) -> tuple:
         return self.shape
@@ -358,7 +384,9 @@ class Variable:
         hold) is copied first; a buffer a step returned (:meth:`adopt_buffer`) is donated
         as it is.
         """
-        return self._stored if self._owned else jnp.array(self._stored, copy=True)
+        if self._owned and self._pack is None:
+            return self._stored
+        return jnp.array(self._stored, copy=True)
 
     def adopt_buffer(self, value: jax.Array) -> None:
         """Stores a compiled step's output, which nothing else holds (donatable next time)."""
@@ -366,7 +394,10 @@ class Variable:
         self._owned = True
 
     def place(self, sharding: Any) -> None:
-        """Moves the stored value onto ``sharding`` (same bits)."""
+        """Moves the stored value onto ``sharding`` (same bits); a packed variable leaves
+        its pack (so do the pack's other members)."""
+        if self._pack is not None:
+            self._pack.dissolve()
         self._stored = jax.device_put(self._stored, sharding)
 
     def numpy(self) -> np.ndarray:
@@ -378,6 +409,7 @@ class Variable:
         Concrete out-of-range indices raise TF1's CPU gather error
         (``InvalidArgumentError``); traced ones (under ``jit``) cannot, and read NaN rows.
         """
+        self._sparse_read_seen = True  # TF1 updates it sparsely: not packed (_packing)
         if _numerics.is_concrete(indices):
             _sparse.check_indices(np.asarray(indices).reshape(-1), self.shape[0],
                                   f"gather from variable '{self.op.name}'")
@@ -393,8 +425,8 @@ class Variable:
 
     # -- writing
     def _check_assignable(self, value: Any) -> jax.Array:
-        if (isinstance(value, jax.Array) and value.dtype == self._stored.dtype
-                and value.shape == self._stored.shape):
+        if (isinstance(value, jax.Array) and value.dtype == self.dtype
+                and value.shape == self.shape):
             return value  # the common case, checked cheaply
         if isinstance(value, (bool, int, float, list, tuple)) or (
                 isinstance(value, np.ndarray) and value.dtype == np.float64

@@ -23,7 +23,7 @@ from compatopt import _sparse
 from compatopt._base import IndexedSlices
 from compatopt.errors import MalformedGradientsError, NotAVariableError
 from compatopt.train._gradients import last_observed, observed, value_and_grads
-from compatopt.train._lifting import call_lifted, lift_out, nested
+from compatopt.train._lifting import call_lifted, commit, nested
 from compatopt.train._operation import Operation
 from compatopt.train._slots import SlotsMixin
 from compatopt.train._variable import Variable, get_default_graph, locked, to_array
@@ -233,8 +233,7 @@ class Optimizer(SlotsMixin):
                     self._forget(graph.created_in(journal))
                     graph.undo(journal)
                     raise
-            # commit (to the enclosing frame, if any)
-            lift_out(applied.written, applied.written_values, owned=False)
+            commit(applied)  # to the enclosing frame, if any
 
     def _forget(self, created: list) -> None:
         """Drops slots and non-slot variables that a failed call created."""

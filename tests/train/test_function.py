@@ -2,6 +2,7 @@
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import compatopt as co
 
@@ -56,24 +57,29 @@ def test_no_recompilation_after_first_call_only_for_new_shapes():
     assert step.trace_count == 2
 
 
-def test_written_buffers_are_donated():
+@pytest.mark.parametrize("pack", [True, False], ids=["packed", "per_variable"])
+def test_written_buffers_are_donated(pack):
     params, gs, opt, x, y = _setup()
 
-    @co.function
+    @co.function(pack_variables=pack)
     def step(x, y):
         opt.minimize(lambda: mlp_loss(params, x, y), global_step=gs)
+
+    def stored(v):  # a packed variable lives in its pack's buffer
+        return v._pack._buffer if v._pack is not None else v.buffer
 
     step(x, y)
     lifted = [params["w1"], gs, opt.get_slot(params["w1"], "m"),
               opt._get_non_slot_variable("beta1_power")]
-    before = [v.buffer for v in lifted]  # the step's own outputs: donated by the next step
+    assert all((v._pack is not None) == (pack and v.ndim > 0) for v in lifted)
+    before = [stored(v) for v in lifted]  # the step's own outputs: donated by the next step
     held = params["w2"].value           # handed out: copied once, stays valid
     held_bits = np.asarray(held).copy()
     step(x, y)
     assert all(a.is_deleted() for a in before)
     assert not held.is_deleted() and np.array_equal(np.asarray(held), held_bits)
     assert not x.is_deleted()
-    again = params["w2"].buffer
+    again = stored(params["w2"])
     step(x, y)
     assert again.is_deleted()
     hlo = step.experimental_get_compiler_ir(x, y)
