@@ -244,8 +244,8 @@ def _placement_key(v: Variable) -> Optional[tuple]:
     sharding = getattr(stored, "sharding", None)
     if sharding is None:
         return ("host",)
-    if not sharding.is_fully_replicated:
-        return None
+    if not isinstance(sharding, jax.sharding.SingleDeviceSharding):
+        return None  # on a mesh: stays per variable (its spec names the variable's rank)
     return (sharding,)
 
 
