@@ -30,11 +30,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from compatopt import _multi_tensor
 from compatopt.train import _packing
 from compatopt.train._lifting import (call_lifted, flatten_output, locked_at_top_level, nested,
                                       rebuild_output)
 from compatopt.train._operation import Operation
-from compatopt.train._variable import Variable, get_default_graph
+from compatopt.train._variable import Variable
 
 
 class _Retrace(Exception):
@@ -112,8 +113,8 @@ def _lift_in(units: list, donate: bool) -> list:
         for u in units:
             if isinstance(u, _packing.Pack):
                 current = _packing.pack_value(u)
-                out.append(current.buffer if current is not None else jnp.concatenate(
-                    [jnp.ravel(v.value) for v in u.members]))
+                out.append(current.buffer if current is not None
+                           else _multi_tensor._flatten([v.value for v in u.members]))
             else:
                 out.append(u.value)
         return out
@@ -180,36 +181,9 @@ class Function:
                            "tracing; create variables outside data-dependent branches")
 
     def _discover(self, args, kwargs) -> _Entry:
-        # The abstract probe (``_probe``) lets traced values escape in multi-device shim
-        # steps (tests/parallel/_shim_cases.py); until that is found the eager run stays.
         lifted = call_lifted(self._fn, [], [], *args, **kwargs)
         written = set(lifted.written)
         return _Entry(lifted.written, [v for v in lifted.all_reads if v not in written])
-
-    def _probe(self, args, kwargs):
-        """The step run once abstractly (``jax.eval_shape``: nothing computed or compiled),
-        which creates what it creates (slots from concrete initial values) and records its
-        reads and writes; None if it cannot run on abstract arguments (it then runs
-        eagerly, which raises the step's own error if it has one)."""
-        leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
-        dyn = {i: leaf for i, leaf in enumerate(leaves) if _is_array(leaf)}
-        box: list = []
-
-        def probe(dyn_leaves):
-            full = list(leaves)
-            for i, value in dyn_leaves.items():
-                full[i] = value
-            a, k = jax.tree_util.tree_unflatten(treedef, full)
-            box.append(call_lifted(self._fn, [], [], *a, **k))
-
-        graph = get_default_graph()
-        with graph.journal() as journal:
-            try:
-                jax.eval_shape(probe, dyn)
-            except Exception:
-                graph.undo(journal)
-                return None
-        return box[0]
 
     def _build(self, entry: _Entry, static_leaves: list, treedef) -> Callable:
         w_units, r_units = entry.written_units, entry.read_units

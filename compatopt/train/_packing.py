@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from compatopt import _numerics
+from compatopt import _multi_tensor, _numerics
 from compatopt.train._variable import Variable, active_frames, locked
 
 _MAX_PACK = (1 << 31) - 1  # int32 offsets
@@ -52,7 +52,6 @@ def _slice_fn(size: int, shape: tuple):
 
 
 _eager_views: Dict[Tuple[int, tuple], Any] = {}
-_eager_writes: Dict[Tuple[int, tuple], Any] = {}
 _cache_lock = threading.Lock()
 
 
@@ -73,12 +72,9 @@ _eager_write = jax.jit(_write_fn, donate_argnums=(0,))
 
 
 def opaque_offsets(offsets: Sequence[int], zero: jax.Array) -> tuple:
-    """``offsets`` as traced int32 scalars XLA cannot fold (``zero`` is a runtime 0)."""
-    if not offsets:
-        return ()
-    real = lambda: tuple(np.int32(o) for o in offsets)  # noqa: E731
-    none = lambda: tuple(np.int32(0) for _ in offsets)  # noqa: E731
-    return lax.cond(zero < 0, none, real)
+    """``offsets`` as traced int32 scalars XLA cannot fold (``zero`` is a runtime 0): the
+    multi-tensor layout's ``lax.cond`` trick."""
+    return _multi_tensor._opaque_offsets(tuple(offsets), zero)
 
 
 class Pack:
@@ -142,8 +138,11 @@ class Pack:
         if not self._detached:
             return
         if len(self._detached) > 8:  # a restore: one host pass instead of many dispatches
-            parts = [np.asarray(self.read(v)).reshape(-1) for v in self.members]
-            self._buffer = jax.device_put(np.concatenate(parts), self._buffer.sharding)
+            host = np.array(self._buffer)
+            for i, value in self._detached.items():
+                start = self.offsets[i]
+                host[start:start + self.sizes[i]] = np.asarray(value).reshape(-1)
+            self._buffer = jax.device_put(host, self._buffer.sharding)
         else:
             for i, value in self._detached.items():
                 self._buffer = _eager_write(self._buffer, value, np.int32(self.offsets[i]))
@@ -290,12 +289,11 @@ def plan_units(written: Sequence[Variable], read_only: Sequence[Variable],
 
 def _pack_new(written: Sequence[Variable]) -> None:
     primaries = [v for v in written if v._pack is None and v.trainable
-                 and getattr(v, "_slot_of", None) is None
-                 and not getattr(v, "_sparse_read_seen", False)
+                 and v._slot_of is None and not v._sparse_read_seen
                  and jnp.issubdtype(v.dtype, jnp.inexact)]
     slots_of: Dict[Variable, Dict[Any, Variable]] = {}
     for s in written:
-        link = getattr(s, "_slot_of", None)
+        link = s._slot_of
         if link is not None and s._pack is None:
             slots_of.setdefault(link[0], {})[link[1]] = s
     for group in _groups(primaries):

@@ -238,9 +238,7 @@ def test_concurrent_steps_on_packed_variables_serialise():
         t.join()
     assert not errors
     assert int(gs.value) == 16
-    reference = _train("momentum", False, steps=0)  # fresh graph, same start
-    del reference
-    ws_ref, _ = _model()
+    ws_ref, _ = _model()  # a fresh graph, the same start
     gs_ref = co.train.get_or_create_global_step()
     opt_ref = co.train.MomentumOptimizer(0.01, 0.9)
 
