@@ -71,6 +71,23 @@ from compatopt.clip_ops import (
 )
 from compatopt.train import nn as nn
 from compatopt.train.nn import gather as gather
+# TF1's array ops, tf.gradients and tf.group, for ported programs (tf.X -> co.X)
+from compatopt.train.control_flow import group as group
+from compatopt.train.gradients_impl import gradients as gradients
+from compatopt.train.math_ops import (
+    bfloat16 as bfloat16,
+    cast as cast,
+    constant as constant,
+    float16 as float16,
+    float32 as float32,
+    float64 as float64,
+    identity as identity,
+    int32 as int32,
+    int64 as int64,
+    multiply as multiply,
+    sqrt as sqrt,
+    square as square,
+)
 from compatopt import moving_averages as moving_averages
 from compatopt import tf_math as tf_math
 from compatopt.sparse_grad import lookup as lookup, value_and_sparse_grad as value_and_sparse_grad

@@ -12,6 +12,7 @@ from compatopt.train._global_step import (
     global_step as global_step,
 )
 from compatopt.train._lazy import LazyTensor as LazyTensor, lazy as lazy
+from compatopt.train.graph_tensor import GraphTensor as GraphTensor
 from compatopt.train._operation import Operation as Operation
 from compatopt.train import experimental as experimental
 from compatopt.train.cross_shard import (

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from compatopt._base import IndexedSlices
+from compatopt.train import _dense_gather_check
 from compatopt.train._lifting import call_lifted
 from compatopt.train._variable import Variable, get_default_graph, peek
 
@@ -60,9 +61,10 @@ def _differentiable(v: Variable) -> bool:
     return jnp.issubdtype(v.dtype, jnp.inexact)
 
 
-def _run(loss_fn: Callable, dense: Sequence[Variable], plan: list, grad_loss: Any):
-    """One loss evaluation under ``jax.vjp``: loss, grads, what it did, its sparse reads."""
-    box: dict = {}
+def _lifted_loss(loss_fn: Callable, dense: Sequence[Variable], plan: list, box: dict):
+    """``f(dense_vals, sparse_vals) -> (loss, (writes, observed))``: the loss with the dense
+    variables reading as ``dense_vals`` and the planned sparse reads' rows offset by
+    ``sparse_vals``; what it did lands in ``box``."""
 
     def f(dense_vals, sparse_vals):
         calls: list = []
@@ -91,6 +93,13 @@ def _run(loss_fn: Callable, dense: Sequence[Variable], plan: list, grad_loss: An
         box["lifted"], box["calls"] = lifted, calls
         return lifted.out, (lifted.written_values, seen[:1])
 
+    return f
+
+
+def _run(loss_fn: Callable, dense: Sequence[Variable], plan: list, grad_loss: Any):
+    """One loss evaluation under ``jax.vjp``: loss, grads, what it did, its sparse reads."""
+    box: dict = {}
+    f = _lifted_loss(loss_fn, dense, plan, box)
     zeros = [jnp.zeros(shape, v.dtype) for v, shape in plan]
     loss, vjp_fn, (writes, seen) = jax.vjp(f, [peek(v) for v in dense], zeros, has_aux=True)
     _observing.last = jnp.asarray(seen[0]) if seen else None
@@ -156,6 +165,9 @@ def value_and_grads(loss_fn: Callable, var_list: Optional[List[Variable]] = None
         plan = need_plan
     if not explicit:
         _guesses[key] = ([weakref.ref(v) for v in dense], [(weakref.ref(v), s) for v, s in plan])
+    if _dense_gather_check.first_time(loss_fn):  # once per loss code: a porting lint
+        _dense_gather_check.check(_lifted_loss(loss_fn, dense, plan, {}), dense, plan,
+                                  [v for v in dense if v in grads])
     for v, value in writes:  # writes made by the loss (e.g. moving averages)
         v.assign(value)
     return loss, [(_combine(v, grads) if _differentiable(v) else None, v) for v in wanted]
