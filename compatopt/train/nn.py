@@ -1,5 +1,7 @@
 """``tf.compat.v1.nn.embedding_lookup`` and ``tf.gather`` on :class:`~compatopt.Variable`\\ s,
-whose gradients are TF1's ``IndexedSlices``.
+whose gradients are TF1's ``IndexedSlices``; the sampled losses built on them
+(``nce_loss``, ``sampled_softmax_loss``, ``sigmoid_cross_entropy_with_logits``) and TF1's
+candidate samplers (:mod:`compatopt.train._candidate_sampling`).
 
 A lookup in a Variable is a :meth:`~compatopt.Variable.sparse_read`, so under
 ``compute_gradients`` / ``minimize`` the variable's gradient is an
@@ -30,9 +32,17 @@ import numpy as np
 from compatopt import _numerics as N
 from compatopt.clip_ops import clip_by_norm
 from compatopt.errors import InvalidArgumentError
+from compatopt.train._candidate_sampling import accidental_hit_mask, id_dtype
+from compatopt.train._candidate_sampling import (
+    compute_accidental_hits as compute_accidental_hits,
+    log_uniform_candidate_sampler as log_uniform_candidate_sampler,
+    uniform_candidate_sampler as uniform_candidate_sampler,
+)
 from compatopt.train._variable import Variable
 
-__all__ = ["embedding_lookup", "gather"]
+__all__ = ["embedding_lookup", "gather", "nce_loss", "sampled_softmax_loss",
+           "sigmoid_cross_entropy_with_logits", "log_uniform_candidate_sampler",
+           "uniform_candidate_sampler", "compute_accidental_hits"]
 
 _INT_DTYPES = (jnp.dtype(jnp.int32), jnp.dtype(jnp.int64))
 
@@ -268,3 +278,211 @@ def _clip(result: jax.Array, ids: jax.Array, max_norm: Any) -> jax.Array:
     if max_norm is None:
         return result
     return clip_by_norm(result, max_norm, axes=list(range(ids.ndim, result.ndim)))
+
+
+# -------------------------------------------------------------------------- sampled losses
+
+_FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def sigmoid_cross_entropy_with_logits(_sentinel: Any = None, labels: Any = None,
+                                      logits: Any = None,
+                                      name: Optional[str] = None) -> jax.Array:
+    """``tf.compat.v1.nn.sigmoid_cross_entropy_with_logits``, TF1's stable form::
+
+        max(x, 0) - x * z + log1p(exp(-|x|))      (x = logits, z = labels)
+
+    computed as TF1 composes it (``where(x >= 0, x, 0) - x * z``, then
+    ``+ log1p(exp(where(x >= 0, -x, x)))``), the product rounded on its own.
+
+    Args:
+      labels: ``[...]`` targets in ``[0, 1]``, converted to the logits' dtype.
+      logits: ``[...]`` float logits.
+
+    Returns:
+      ``[...]`` the elementwise losses.
+
+    Raises:
+      ValueError: positional arguments, a missing argument, different shapes (TF1's
+        messages).
+    """
+    if _sentinel is not None:
+        raise ValueError("Only call `sigmoid_cross_entropy_with_logits` with named arguments "
+                         "(labels=..., logits=..., ...). Received unnamed argument: "
+                         f"{_sentinel}")
+    if labels is None or logits is None:
+        raise ValueError("Both labels and logits must be provided.")
+    x = logits.value if isinstance(logits, Variable) else jnp.asarray(logits)
+    z = jnp.asarray(labels.value if isinstance(labels, Variable) else labels, x.dtype)
+    if tuple(x.shape) != tuple(z.shape):
+        raise ValueError(f"logits and labels must have the same shape ({tuple(x.shape)} vs "
+                         f"{tuple(z.shape)})")
+    zeros = jnp.zeros_like(x)
+    cond = x >= zeros
+    relu_logits = jnp.where(cond, x, zeros)
+    neg_abs_logits = jnp.where(cond, -x, x)
+    return (relu_logits - N.mul(x, z)) + jnp.log1p(jnp.exp(neg_abs_logits))
+
+
+@jax.custom_vjp
+def _softmax_xent(labels: jax.Array, logits: jax.Array) -> jax.Array:
+    """TF1's ``SoftmaxCrossEntropyWithLogits`` kernel (last axis)::
+
+        s = x - max(x);  loss = sum(z * (log(sum(exp(s))) - s))
+
+    with TF1's gradient ``g * (exp(s) / sum(exp(s)) - z)`` (and ``-g * log_softmax(x)``
+    for the labels)."""
+    return _softmax_xent_fwd(labels, logits)[0]
+
+
+def _softmax_xent_fwd(labels, logits):
+    shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+    exp = jnp.exp(shifted)
+    sum_exp = jnp.sum(exp, axis=-1, keepdims=True)
+    loss = jnp.sum(N.mul(labels, jnp.log(sum_exp) - shifted), axis=-1)
+    backprop = N.div(exp, sum_exp) - labels
+    return loss, (backprop, logits)
+
+
+def _softmax_xent_bwd(res, g):
+    backprop, logits = res
+    g = g[..., None]
+    return N.mul(g, -jax.nn.log_softmax(logits, axis=-1)), N.mul(g, backprop)
+
+
+_softmax_xent.defvjp(_softmax_xent_fwd, _softmax_xent_bwd)
+
+
+def _sum_rows(x: jax.Array) -> jax.Array:
+    """TF1's ``_sum_rows``: ``matmul(x, ones([cols, 1]))`` reshaped to ``[rows]``."""
+    return (x @ jnp.ones((x.shape[1], 1), x.dtype)).reshape(-1)
+
+
+def _read(x: Any) -> jax.Array:
+    return x.value if isinstance(x, Variable) else jnp.asarray(x)
+
+
+def _compute_sampled_logits(weights: Any, biases: Any, labels: Any, inputs: Any,
+                            num_sampled: int, num_classes: int, num_true: int,
+                            sampled_values: Any, subtract_log_q: bool,
+                            remove_accidental_hits: bool, partition_strategy: str,
+                            seed: Any = None):
+    """TF1's ``_compute_sampled_logits``: ``(logits [batch, num_true + num_sampled],
+    labels)``, the true classes' logits first.
+
+    ``all_ids = concat(labels_flat, sampled)`` are looked up once in ``weights`` and once in
+    ``biases`` (so their gradients are ``IndexedSlices`` over ``all_ids``);
+    ``sampled_logits = inputs @ sampled_w^T + sampled_b``, ``true_logits`` the row-wise dots
+    (``_sum_rows``) plus ``true_b``; accidental hits get ``-FLT_MAX`` added; then
+    ``log(expected_count)`` is subtracted (``subtract_log_q``). Labels: ``1 / num_true`` for
+    the true classes, 0 for the sampled ones.
+    """
+    ids_dtype = id_dtype()  # TF1: int64
+    labels_arr = _ids_array(labels, "labels").astype(ids_dtype)
+    x = _read(inputs)
+    if sampled_values is None:
+        sampled_values = log_uniform_candidate_sampler(
+            true_classes=labels_arr.reshape(-1, num_true), num_true=num_true,
+            num_sampled=num_sampled, unique=True, range_max=num_classes, seed=seed)
+    sampled, true_expected_count, sampled_expected_count = (
+        jax.lax.stop_gradient(_read(s)) for s in sampled_values)
+    labels_flat = labels_arr.reshape(-1)
+    sampled = sampled.astype(ids_dtype)
+    all_ids = jnp.concatenate([labels_flat, sampled], axis=0)
+    n_true = labels_flat.shape[0]
+
+    all_w = embedding_lookup(weights, all_ids, partition_strategy=partition_strategy)
+    all_w = all_w.astype(x.dtype)
+    true_w, sampled_w = all_w[:n_true], all_w[n_true:]
+    sampled_logits = x @ sampled_w.T
+
+    all_b = embedding_lookup(biases, all_ids, partition_strategy=partition_strategy)
+    all_b = all_b.astype(x.dtype)
+    true_b, sampled_b = all_b[:n_true], all_b[n_true:]
+
+    dim = true_w.shape[1]
+    row_wise_dots = N.mul(x[:, None, :], true_w.reshape(-1, num_true, dim))
+    true_logits = _sum_rows(row_wise_dots.reshape(-1, dim)).reshape(-1, num_true)
+    true_logits = true_logits + true_b.reshape(-1, num_true)
+    sampled_logits = sampled_logits + sampled_b
+
+    if remove_accidental_hits:
+        hits = accidental_hit_mask(labels_arr.reshape(-1, num_true), sampled)
+        sampled_logits = sampled_logits + jnp.where(hits, jnp.asarray(-_FLT_MAX, x.dtype),
+                                                    jnp.zeros((), x.dtype))
+    if subtract_log_q:
+        true_logits = true_logits - jnp.log(true_expected_count.astype(x.dtype))
+        sampled_logits = sampled_logits - jnp.log(sampled_expected_count.astype(x.dtype))
+
+    out_logits = jnp.concatenate([true_logits, sampled_logits], axis=1)
+    out_labels = jnp.concatenate([jnp.ones_like(true_logits) / num_true,
+                                  jnp.zeros_like(sampled_logits)], axis=1)
+    return out_logits, out_labels
+
+
+def nce_loss(weights: Any, biases: Any, labels: Any, inputs: Any, num_sampled: int,
+             num_classes: int, num_true: int = 1, sampled_values: Any = None,
+             remove_accidental_hits: bool = False, partition_strategy: str = "mod",
+             name: str = "nce_loss") -> jax.Array:
+    """``tf.compat.v1.nn.nce_loss``: noise-contrastive estimation, per example::
+
+        loss[b] = sum_j sigmoid_cross_entropy(labels=l[b, j], logits=o[b, j])
+
+    over ``o, l = _compute_sampled_logits(..., subtract_log_q=True)`` (the true classes'
+    logits with label ``1 / num_true``, the sampled ones with 0), summed by TF1's
+    ``_sum_rows`` (a matmul with ones).
+
+    Gradients: ``weights`` and ``biases`` (Variables, or lists of them: partitions) get
+    ``IndexedSlices`` over ``concat(labels.flatten(), sampled)`` (repeats kept), as TF1's
+    gather gradients, so the optimizers' sparse kernels run.
+
+    Args:
+      weights: ``[num_classes, dim]`` Variable/array, or a list of partitions.
+      biases: ``[num_classes]``.
+      labels: ``[batch, num_true]`` integer classes.
+      inputs: ``[batch, dim]`` the activations.
+      num_sampled: negatives drawn per batch (shared by all examples).
+      num_classes: the number of classes.
+      num_true: true classes per example.
+      sampled_values: TF1's ``(sampled_candidates, true_expected_count,
+        sampled_expected_count)``; ``None`` draws them with
+        :func:`log_uniform_candidate_sampler` (``unique=True``; JAX's generator, a fresh
+        draw per call).
+      remove_accidental_hits: add ``-FLT_MAX`` to the logit of a sampled class that is one
+        of the example's true classes.
+      partition_strategy: ``"mod"`` or ``"div"`` for partitioned weights (see
+        :func:`embedding_lookup`).
+      name: accepted for TF1 compatibility.
+
+    Returns:
+      ``[batch]`` the per-example NCE losses.
+    """
+    logits, labels_out = _compute_sampled_logits(
+        weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+        subtract_log_q=True, remove_accidental_hits=remove_accidental_hits,
+        partition_strategy=partition_strategy)
+    sampled_losses = sigmoid_cross_entropy_with_logits(labels=labels_out, logits=logits)
+    return _sum_rows(sampled_losses)
+
+
+def sampled_softmax_loss(weights: Any, biases: Any, labels: Any, inputs: Any,
+                         num_sampled: int, num_classes: int, num_true: int = 1,
+                         sampled_values: Any = None, remove_accidental_hits: bool = True,
+                         partition_strategy: str = "mod", name: str = "sampled_softmax_loss",
+                         seed: Any = None) -> jax.Array:
+    """``tf.compat.v1.nn.sampled_softmax_loss``: the softmax cross-entropy over the true and
+    the sampled classes' logits (``_compute_sampled_logits(..., subtract_log_q=True)``,
+    labels ``1 / num_true`` on the true classes, held constant), with TF1's kernel
+    (``SoftmaxCrossEntropyWithLogits``) and its gradient ``softmax - labels``.
+
+    Arguments as :func:`nce_loss`; ``remove_accidental_hits`` defaults to True (TF1), and
+    ``seed`` seeds the default sampler (an int, or a JAX key used as given).
+
+    Returns:
+      ``[batch]`` the per-example losses.
+    """
+    logits, labels_out = _compute_sampled_logits(
+        weights, biases, labels, inputs, num_sampled, num_classes, num_true, sampled_values,
+        subtract_log_q=True, remove_accidental_hits=remove_accidental_hits,
+        partition_strategy=partition_strategy, seed=seed)
+    return _softmax_xent(jax.lax.stop_gradient(labels_out), logits)
