@@ -26,7 +26,7 @@ import numpy as np
 
 from compatopt import _numerics, _sparse
 from compatopt._tf_names import NameCounters
-from compatopt.train import _scopes
+from compatopt.train import _jax_values, _scopes
 
 GLOBAL_VARIABLES = "variables"
 TRAINABLE_VARIABLES = "trainable_variables"
@@ -255,10 +255,10 @@ class Variable:
     ``v.value`` is the current ``jax.Array``; ``v.name`` is ``"w:0"`` (uniquified as TF1's
     graph mode does: a second ``"w"`` is ``"w_1:0"``) and ``v.op.name`` is ``"w"``.
     Operators (``+ - * / @ **``, unary ``-``, comparisons, indexing) read the value and return
-    ``jax.Array``s, so ``x @ w + b`` works. ``jnp`` functions do **not** accept a Variable
-    (JAX 0.10 no longer calls ``__jax_array__`` inside ``jnp.*``): write
-    ``jnp.tanh(w.value)``, not ``jnp.tanh(w)``; the latter raises JAX's ``TypeError`` naming
-    ``compatopt.train._variable.Variable`` (``compatopt.Variable``). Equality (``==``) is
+    ``jax.Array``s, so ``x @ w + b`` works. ``jnp`` / ``lax`` functions and ``jax.jit``
+    arguments read a Variable's value too (``jnp.tanh(w)`` is ``jnp.tanh(w.value)``, a tracked
+    read; :mod:`compatopt.train._jax_values`, since JAX 0.10 no longer calls
+    ``__jax_array__`` inside ``jnp.*``). Equality (``==``) is
     identity, as TF1 variables (so variables can be dict keys); use ``w.value == x`` for an
     elementwise comparison.
 
@@ -547,3 +547,6 @@ class Variable:
                 f"dtype={self.dtype.name}{body}>")
 
     __str__ = __repr__
+
+
+_jax_values.register(Variable)  # jnp.tanh(w) reads w.value (JAX 0.10 dropped __jax_array__)
