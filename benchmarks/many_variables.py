@@ -9,11 +9,17 @@ sum(tanh(x @ w_i))`` with ``x`` 8 x 32, Adam. Candidates, each its own compiled 
 * ``shim per-variable``: the same with ``pack_variables=False``;
 * ``co.adam`` / ``optax.adam``: a hand-written ``jax.jit`` step (``value_and_grad`` +
   ``update``), donated;
+* ``co.multi_tensor``: the same step with ``co.multi_tensor(co.adam(...))`` (per-leaf
+  parameters, slots in flat buffers);
+* ``co.FlatParams``: the same step over ``co.flatten_params(params)`` (parameters and slots
+  in flat buffers; the loss reads ``flat.tree()``);
 * ``grad only``: the same ``jax.jit`` step without any optimizer (the model's own floor).
 
-Reports first call (trace + compile + one step) and the median step. Not a CI test::
+Reports first call (trace + compile + one step) and the median step, each candidate in a
+fresh process (so first calls share no cache), one after another; ``--plot`` also draws
+first-call time against the number of variables (matplotlib). Not a CI test::
 
-    python3 -m benchmarks.many_variables --sizes 256,1024 --out benchmarks/results
+    python3 -m benchmarks.many_variables --sizes 256,1024,4096 --out benchmarks/results --plot
 """
 
 from __future__ import annotations
@@ -76,7 +82,15 @@ def _one(n: int, which: str, steps: int) -> dict:
                 box[:] = [js(params, x)]
                 jax.block_until_ready(box)
         else:
-            o = optax.adam(1e-3) if which == "optax.adam" else co.adam(1e-3)
+            o = {"optax.adam": optax.adam, "co.adam": co.adam,
+                 "co.multi_tensor": lambda lr: co.multi_tensor(co.adam(lr)),
+                 "co.FlatParams": co.adam}[which](1e-3)
+            if which == "co.FlatParams":
+                params = co.flatten_params(params)
+                loss_of = model_loss
+
+                def model_loss(fp, x):  # noqa: F811 -- the same model over flat buffers
+                    return loss_of(fp.tree(), x)
             state = o.init(params)
 
             def s(p, st, x):
@@ -102,7 +116,8 @@ def _one(n: int, which: str, steps: int) -> dict:
             "step_ms": float(np.median(times)) * 1e3}
 
 
-CANDIDATES = ["grad only", "shim packed", "shim per-variable", "co.adam", "optax.adam"]
+CANDIDATES = ["grad only", "shim packed", "shim per-variable", "co.adam", "co.multi_tensor",
+              "co.FlatParams", "optax.adam"]
 
 
 def main() -> None:
@@ -111,6 +126,8 @@ def main() -> None:
     parser.add_argument("--candidates", default=",".join(CANDIDATES))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--plot", action="store_true",
+                        help="also write many-variables-cpu.png (first call vs variables)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:  # child process: one candidate, fresh XLA caches
@@ -148,6 +165,31 @@ def main() -> None:
             f.write(text)
         with open(os.path.join(args.out, "many-variables-cpu.json"), "w") as f:
             json.dump({"header": header, "rows": rows}, f, indent=1)
+        if args.plot:
+            _plot(rows, header, os.path.join(args.out, "many-variables-cpu.png"))
+
+
+def _plot(rows: list, header: str, path: str) -> None:
+    """First-call time (trace + compile + one step) against the number of variables."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for cand in dict.fromkeys(r["candidate"] for r in rows):
+        pts = sorted((r["n"], r["first_call_s"]) for r in rows if r["candidate"] == cand)
+        ax.plot([n for n, _ in pts], [t for _, t in pts], marker="o", label=cand)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("variables (32 x 32 float32 each)")
+    ax.set_ylabel("first call: trace + compile + step (s)")
+    ax.set_title("Adam step, first call against the number of variables", fontsize=10)
+    fig.text(0.01, 0.01, header, fontsize=6)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

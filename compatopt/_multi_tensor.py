@@ -241,6 +241,15 @@ def multi_tensor(rule: Rule, max_leaf_size: int = DEFAULT_MAX_LEAF_SIZE) -> Mult
             raise ValueError(
                 f"{rd.name}: grads and params must have the same tree structure "
                 f"(grads: {treedef}); {e}") from None
+        # A ``None`` parameter (an empty subtree: ``eqx.partition`` puts one where the model
+        # holds no array) has no slots; it stays ``None``, as in the per-leaf rule.
+        present = [i for i, p in enumerate(flat_p) if p is not None]
+        for i in range(len(flat_p)):
+            if flat_p[i] is None and flat_g[i][1] is not None:
+                raise ValueError(f"{rd.name}: a gradient for {_rule._leaf_name(flat_g[i][0])}"
+                                 f" but its parameter is None")
+        flat_g = [flat_g[i] for i in present]
+        every_p, flat_p = flat_p, [flat_p[i] for i in present]
         plan = _plan(flat_p, max_leaf_size)
         _check_state(rd.name, plan, state, slot_names)
         count = state.count
@@ -261,7 +270,7 @@ def multi_tensor(rule: Rule, max_leaf_size: int = DEFAULT_MAX_LEAF_SIZE) -> Mult
             return result, holder.from_per_leaf(per_leaf, params)
 
         grads_flat = [g for _, g in flat_g]
-        results = [None] * len(flat_p)
+        results: list = [None] * len(flat_p)
         new_slots = {s: [] for s in slot_names}
         for k, grp in enumerate(plan):
             slots = {s: getattr(state, s)[k] for s in slot_names}
@@ -282,7 +291,10 @@ def multi_tensor(rule: Rule, max_leaf_size: int = DEFAULT_MAX_LEAF_SIZE) -> Mult
         fields.update(non_slot)
         for s in slot_names:
             fields[s] = tuple(new_slots[s])
-        return jax.tree_util.tree_unflatten(treedef, results), rd.state_type(**fields)
+        every_result: list = [None] * len(every_p)
+        for i, r in zip(present, results):
+            every_result[i] = r
+        return jax.tree_util.tree_unflatten(treedef, every_result), rd.state_type(**fields)
 
     def apply(grads: ArrayTree, state, params: ArrayTree):
         return _step(grads, state, params, want_updates=False)
@@ -400,21 +412,48 @@ class FlatParams:
         return obj
 
     def tree(self) -> ArrayTree:
-        """The parameters as their original pytree (slices of the buffers)."""
+        """The parameters as their original pytree (slices of the buffers).
+
+        Each leaf is a ``dynamic_slice`` at a runtime offset (so XLA compiles one slice
+        kernel per leaf *shape*; static offsets cost one LLVM kernel per leaf: seconds at a
+        few hundred leaves); the derivative is a static ``split`` of the tangent, whose
+        transpose, the gradient, is one concatenation.
+        """
         treedef, plan = self._layout
         leaves = [None] * treedef.num_leaves
         for grp, buf in zip(plan, self.buffers):
             if not grp.flat:
                 leaves[grp.leaves[0]] = buf
                 continue
-            cuts = tuple(int(o) for o in np.cumsum(grp.sizes)[:-1])
-            for i, shape, part in zip(grp.leaves, grp.shapes, lax.split(buf, grp.sizes, 0)
-                                      if cuts else [buf]):
-                leaves[i] = lax.reshape(part, shape)
+            for i, part in zip(grp.leaves, _views(buf, grp)):
+                leaves[i] = part
         return jax.tree_util.tree_unflatten(treedef, leaves)
 
     def __repr__(self) -> str:
         return f"FlatParams({[f'{b.dtype}{list(b.shape)}' for b in self.buffers]})"
+
+
+def _static_views(buf: jax.Array, grp: _Group) -> tuple:
+    parts = lax.split(buf, grp.sizes, 0) if len(grp.sizes) > 1 else [buf]
+    return tuple(lax.reshape(part, shape) for part, shape in zip(parts, grp.shapes))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _views(buf: jax.Array, grp: _Group) -> tuple:
+    """``grp``'s leaves out of its buffer ``buf``, at offsets XLA cannot fold."""
+    if grp.total == 0:
+        return _static_views(buf, grp)
+    # ``int32(x * 0)`` is 0 for every x (NaN converts to 0) but not a foldable constant.
+    first = jnp.real(buf[0]).astype(jnp.float32)
+    never_negative = lax.convert_element_type(first * jnp.float32(0), jnp.int32)
+    offsets = _opaque_offsets(grp.offsets, never_negative)
+    return tuple(lax.reshape(lax.dynamic_slice(buf, (o,), (n,)), shape)
+                 for o, n, shape in zip(offsets, grp.sizes, grp.shapes))
+
+
+@_views.defjvp
+def _views_jvp(grp, primals, tangents):
+    return _views(primals[0], grp), _static_views(tangents[0], grp)
 
 
 def flatten_params(params: ArrayTree, max_leaf_size: Optional[int] = None) -> FlatParams:

@@ -163,3 +163,13 @@ def test_half_precision_loss_scaling_functional_equals_shim(tmp_path, dtype):
     assert "functional vs shim: identical losses" in out, out
     m = re.search(r"loss ([\d.]+) -> ([\d.]+)", out)
     assert m and float(m.group(2)) < float(m.group(1)), out
+
+
+@pytest.mark.parametrize("name, size_flag", [("nnx_flat.py", "--layers"),
+                                             ("equinox_flat.py", "--depth")])
+def test_framework_flat_layout_examples_train_bit_identically(tmp_path, name, size_flag):
+    out = run_example(name, size_flag, "8", "--steps", "3", cwd=tmp_path)
+    rows = [ln for ln in out.splitlines() if "first call" in ln]
+    assert len(rows) == 3, out
+    assert all(ln.endswith("bit-identical to per leaf") for ln in rows), out
+    assert list(tmp_path.iterdir()) == []
