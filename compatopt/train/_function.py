@@ -118,8 +118,22 @@ def _lift_in(units: list, donate: bool) -> list:
             else:
                 out.append(u.value)
         return out
-    return [u.buffer() if isinstance(u, _packing.Pack) else
-            (u.donatable_buffer() if donate else u.buffer) for u in units]
+    if not donate:
+        return [u.buffer() if isinstance(u, _packing.Pack) else u.buffer for u in units]
+    return [_committed(u.buffer() if isinstance(u, _packing.Pack) else u.donatable_buffer())
+            for u in units]
+
+
+def _committed(buffer: jax.Array) -> jax.Array:
+    """``buffer`` committed to its device (the same memory, not a copy).
+
+    ``jax.jit`` keys its compiled code on whether each argument is committed: a step's
+    outputs are, a variable's first value (``jnp`` arrays, packs, new slots) is not, so
+    without this the second call of every step compiled it again.
+    """
+    if getattr(buffer, "committed", True):
+        return buffer
+    return jax.device_put(buffer, buffer.sharding)
 
 
 def _lift_out(units: list, values: list) -> None:

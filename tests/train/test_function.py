@@ -58,6 +58,25 @@ def test_no_recompilation_after_first_call_only_for_new_shapes():
 
 
 @pytest.mark.parametrize("pack", [True, False], ids=["packed", "per_variable"])
+def test_second_call_reuses_the_first_calls_compiled_code(pack):
+    """The first call's inputs (new variables, slots, packs) are not committed to a device
+    and a step's outputs are; jit would compile the step again for the second call."""
+    params, gs, opt, x, y = _setup()
+
+    @co.function(pack_variables=pack)
+    def step(x, y):
+        return opt.minimize(lambda: mlp_loss(params, x, y), global_step=gs)
+
+    for _ in range(3):
+        step(x, y)
+        held = params["w1"].value  # handed out: the next step donates a copy of it
+        assert held.shape == (8, 16)
+    (entry,) = step._entries.values()
+    assert entry.jitted._cache_size() == 1
+    assert step.trace_count == 1
+
+
+@pytest.mark.parametrize("pack", [True, False], ids=["packed", "per_variable"])
 def test_written_buffers_are_donated(pack):
     params, gs, opt, x, y = _setup()
 
