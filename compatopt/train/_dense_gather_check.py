@@ -112,26 +112,36 @@ def _needed(jaxpr: Any, live_out: Sequence[bool]) -> tuple:
     return eqns[::-1], need
 
 
-def _uses(jaxpr: Any, var: Any, live_out: Sequence[bool]) -> set:
-    """How ``var`` is used on the way to the live outputs: ``{"gather", "other"}``."""
-    kinds = set()
-    if any(live and o is var for o, live in zip(jaxpr.outvars, live_out)):
-        kinds.add("other")  # returned as it is
+def _uses(jaxpr: Any, live_out: Sequence[bool]) -> dict:
+    """How each variable of ``jaxpr`` is used on the way to the live outputs:
+    ``{var: {"gather", "other"}}`` (one walk for all of them: linear in the equations)."""
+    kinds: dict = {}
+    for o, live in zip(jaxpr.outvars, live_out):
+        if live and isinstance(o, jcore.Var):
+            kinds.setdefault(o, set()).add("other")  # returned as it is
     eqns, need = _needed(jaxpr, live_out)
     for eqn in eqns:
-        positions = [k for k, x in enumerate(eqn.invars) if x is var]
-        if not positions or eqn.primitive.name == "stop_gradient":
+        if eqn.primitive.name == "stop_gradient":
             continue
-        if eqn.primitive.name == "gather" and positions == [0] and _gathers_rows(eqn):
-            kinds.add("gather")
+        positions: dict = {}
+        for k, x in enumerate(eqn.invars):
+            if isinstance(x, jcore.Var):
+                positions.setdefault(x, []).append(k)
+        if not positions:
+            continue
+        if eqn.primitive.name == "gather" and _gathers_rows(eqn):
+            for x, ks in positions.items():
+                kinds.setdefault(x, set()).add("gather" if ks == [0] else "other")
             continue
         sub = _sub_jaxpr(eqn)
         if sub is None:
-            kinds.add("other")
+            for x in positions:
+                kinds.setdefault(x, set()).add("other")
             continue
-        sub_live = [o in need for o in eqn.outvars]
-        for k in positions:
-            kinds |= _uses(sub, sub.invars[k], sub_live)
+        sub_kinds = _uses(sub, [o in need for o in eqn.outvars])
+        for x, ks in positions.items():
+            for k in ks:
+                kinds.setdefault(x, set()).update(sub_kinds.get(sub.invars[k], ()))
     return kinds
 
 
@@ -140,7 +150,8 @@ def gathered_only(closed_jaxpr: Any, n_inputs: int) -> list:
     it that reaches the first output is a gather's operand (and there is one)."""
     jaxpr = closed_jaxpr.jaxpr
     live_out = [True] + [False] * (len(jaxpr.outvars) - 1)
-    return [_uses(jaxpr, v, live_out) == {"gather"} for v in jaxpr.invars[:n_inputs]]
+    kinds = _uses(jaxpr, live_out)
+    return [kinds.get(v) == {"gather"} for v in jaxpr.invars[:n_inputs]]
 
 
 def check(lifted_loss: Callable, dense: Sequence[Any], plan: Sequence[Any],

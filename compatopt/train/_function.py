@@ -32,8 +32,8 @@ import numpy as np
 
 from compatopt import _multi_tensor
 from compatopt.train import _packing
-from compatopt.train._lifting import (call_lifted, flatten_output, locked_at_top_level, nested,
-                                      rebuild_output)
+from compatopt.train._lifting import (call_lifted, discovery_run, flatten_output,
+                                      locked_at_top_level, nested, rebuild_output)
 from compatopt.train._operation import Operation
 from compatopt.train._variable import Variable
 
@@ -195,7 +195,8 @@ class Function:
                            "tracing; create variables outside data-dependent branches")
 
     def _discover(self, args, kwargs) -> _Entry:
-        lifted = call_lifted(self._fn, [], [], *args, **kwargs)
+        with discovery_run():
+            lifted = call_lifted(self._fn, [], [], *args, **kwargs)
         written = set(lifted.written)
         return _Entry(lifted.written, [v for v in lifted.all_reads if v not in written])
 

@@ -17,6 +17,7 @@ and does them here:
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
@@ -82,6 +83,28 @@ def call_lifted(fn: Callable, variables: Sequence[Any], values: Sequence[Any], *
         frame.sparse_read_hook = sparse_read_hook
         out = fn(*args, **kwargs)
     return Lifted(out, frame)
+
+
+_discovery = threading.local()
+
+
+@contextlib.contextmanager
+def discovery_run():
+    """Marks a run of user code whose values are thrown away (``compatopt.function``'s first,
+    eager run, which only finds the variables a step reads and writes and creates its
+    slots): code that would compile for speed (an optimizer's whole-apply ``jit``) runs
+    op by op instead, since it runs once."""
+    before = getattr(_discovery, "depth", 0)
+    _discovery.depth = before + 1
+    try:
+        yield
+    finally:
+        _discovery.depth = before
+
+
+def in_discovery_run() -> bool:
+    """Inside :func:`discovery_run` on this thread."""
+    return getattr(_discovery, "depth", 0) > 0
 
 
 def commit(lifted: Lifted) -> None:

@@ -27,6 +27,7 @@ from compatopt import _numerics, _rule, _sparse
 from compatopt._base import IndexedSlices, Rule
 from compatopt.train import _packing
 from compatopt.train._lazy import LazyTensor
+from compatopt.train._lifting import in_discovery_run
 from compatopt.train._slots import create_slot
 from compatopt.train._variable import Variable
 from compatopt.train.optimizer import Optimizer
@@ -229,7 +230,10 @@ class RuleOptimizer(Optimizer):
             params[key] = cast(_packing.PackValue, _packing.pack_value(pack)).buffer
             for s, sp in zip(self._slot_names(), slot_packs):
                 slots[s][key] = cast(_packing.PackValue, _packing.pack_value(sp)).buffer
-        new_p, new_s, new_n = self._jit_apply(self._dyn, grads, params, slots, non_slots)
+        # A discovery run's results are thrown away: compiling the whole apply (seconds at
+        # thousands of variables) would be wasted; op by op, each leaf's kernel is cached.
+        apply = self._pure_apply if in_discovery_run() else self._jit_apply
+        new_p, new_s, new_n = apply(self._dyn, grads, params, slots, non_slots)
         for key, (pack, slot_packs, _) in zip(pack_keys, packed):
             _packing.write_pack(pack, new_p[key])
             for s, sp in zip(self._slot_names(), slot_packs):
@@ -252,7 +256,8 @@ class RuleOptimizer(Optimizer):
         names = self._non_slot_names()
         if names:
             _, non_slots = self._state_of([])
-            for n, value in self._jit_finish(self._dyn, non_slots).items():
+            finish = self._pure_finish if in_discovery_run() else self._jit_finish
+            for n, value in finish(self._dyn, non_slots).items():
                 cast(Variable, self._get_non_slot_variable(n)).assign(value)
 
     def _apply_updates(self, pairs: list, name: str) -> None:

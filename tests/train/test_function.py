@@ -57,6 +57,24 @@ def test_no_recompilation_after_first_call_only_for_new_shapes():
     assert step.trace_count == 2
 
 
+def test_first_call_does_not_compile_the_eager_apply():
+    """The first call runs the step once eagerly to find its variables and make its slots;
+    that run's values are thrown away, so the optimizer's whole-apply jit (seconds of
+    compile at thousands of variables) is not used there."""
+    params, gs, opt, x, y = _setup()
+
+    @co.function
+    def step(x, y):
+        return opt.minimize(lambda: mlp_loss(params, x, y), global_step=gs)
+
+    step(x, y)
+    step(x, y)
+    assert opt._jit_apply._cache_size() == 0
+    assert int(gs.numpy()) == 2
+    opt.minimize(lambda: mlp_loss(params, x, y), global_step=gs)  # eager: the jit as before
+    assert opt._jit_apply._cache_size() == 1
+
+
 @pytest.mark.parametrize("pack", [True, False], ids=["packed", "per_variable"])
 def test_second_call_reuses_the_first_calls_compiled_code(pack):
     """The first call's inputs (new variables, slots, packs) are not committed to a device
