@@ -411,13 +411,17 @@ class FlatParams:
         obj._layout = layout
         return obj
 
-    def tree(self) -> ArrayTree:
+    def tree(self, static_offsets: bool = False) -> ArrayTree:
         """The parameters as their original pytree (slices of the buffers).
 
-        Each leaf is a ``dynamic_slice`` at a runtime offset (so XLA compiles one slice
-        kernel per leaf *shape*; static offsets cost one LLVM kernel per leaf: seconds at a
-        few hundred leaves); the derivative is a static ``split`` of the tangent, whose
-        transpose, the gradient, is one concatenation.
+        By default each leaf is a ``dynamic_slice`` at a runtime offset, so XLA compiles one
+        slice kernel per leaf *shape*; its derivative is a static ``split`` of the tangent,
+        whose transpose, the gradient, is one concatenation. ``static_offsets=True`` slices
+        at constant offsets instead: XLA:CPU then compiles one kernel per leaf (about 12 ms
+        each) but the step runs faster (measured 2026-12-07 on a 2-core CPU, 256 / 1,024
+        leaves of 32 x 32 in a tanh model with Adam: compile 4.9 / 22.5 s against 1.8 /
+        9.7 s, step 0.77 / 6.2 ms against 1.30 / 9.9 ms), worth it for long trainings of up
+        to a few thousand leaves. Same values and gradients either way.
         """
         treedef, plan = self._layout
         leaves = [None] * treedef.num_leaves
@@ -425,7 +429,8 @@ class FlatParams:
             if not grp.flat:
                 leaves[grp.leaves[0]] = buf
                 continue
-            for i, part in zip(grp.leaves, _views(buf, grp)):
+            parts = _static_views(buf, grp) if static_offsets else _views(buf, grp)
+            for i, part in zip(grp.leaves, parts):
                 leaves[i] = part
         return jax.tree_util.tree_unflatten(treedef, leaves)
 

@@ -177,3 +177,17 @@ def test_flat_params_views_with_nan_and_empty_leaves():
     np.testing.assert_array_equal(np.asarray(out[2]), [2.0, 3.0])
     empty = co.flatten_params([jnp.zeros((0,)), jnp.zeros((0, 2))])
     assert [t.shape for t in empty.tree()] == [(0,), (0, 2)]
+
+
+def test_flat_params_static_offsets_give_the_same_values_and_gradients():
+    params = [jnp.arange(6.0).reshape(2, 3) + i for i in range(5)] + [jnp.ones(4)]
+    flat = co.flatten_params(params)
+    loss = lambda fp, static: sum(jnp.sum(jnp.sin(t) * t) for t in fp.tree(static))  # noqa: E731
+    for static in (False, True):
+        for got, want in zip(jax.jit(lambda fp: fp.tree(static))(flat), params):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    g_dyn = jax.jit(jax.grad(lambda fp: loss(fp, False)))(flat)
+    g_static = jax.jit(jax.grad(lambda fp: loss(fp, True)))(flat)
+    np.testing.assert_array_equal(np.asarray(g_dyn.buffers[0]), np.asarray(g_static.buffers[0]))
+    hlo = jax.jit(lambda fp: fp.tree(True)).lower(flat).compile().as_text()
+    assert "dynamic-slice" not in hlo
