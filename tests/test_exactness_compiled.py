@@ -142,10 +142,32 @@ CONTROLS = {
 }
 _FMA = ("fma_ir", "fma_code")
 _RSQRT = ("rsqrt_hlo", "rsqrt_ir", "rsqrt_code", "div_provenance")
+
+
+def _cpu_has_fp16_fma() -> bool:
+    """AVX512-FP16 (``vfmadd...ph``): without it LLVM computes a float16 ``a * b + c`` as two
+    float32 operations with a rounding to float16 between them, so no FMA instruction can
+    appear in the object code (the IR marker still fires) and the float16 object-code control
+    has nothing to find."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and "avx512fp16" in line.split() for line in f)
+    except OSError:
+        return False
+
+
+def _fma_fires(dtype: str) -> tuple:
+    if dtype == "bfloat16":
+        return ()
+    if dtype == "float16" and not _cpu_has_fp16_fma():
+        return ("fma_ir",)
+    return _FMA
+
+
 CONTROL_FIRES = {
     dtype: {
-        "ctl_fma": _FMA if dtype != "bfloat16" else (),
-        "ctl_fms": _FMA if dtype != "bfloat16" else (),
+        "ctl_fma": _fma_fires(dtype),
+        "ctl_fms": _fma_fires(dtype),
         "ctl_div_traced": ("div_reciprocal", "div_provenance"),
         "ctl_div_const": ("div_provenance",),
         "ctl_div_nested": ("div_reassoc",),

@@ -120,20 +120,28 @@ def _lift_in(units: list, donate: bool) -> list:
         return out
     if not donate:
         return [u.buffer() if isinstance(u, _packing.Pack) else u.buffer for u in units]
-    return [_committed(u.buffer() if isinstance(u, _packing.Pack) else u.donatable_buffer())
+    return [u.buffer() if isinstance(u, _packing.Pack) else u.donatable_buffer()
             for u in units]
 
 
-def _committed(buffer: jax.Array) -> jax.Array:
-    """``buffer`` committed to its device (the same memory, not a copy).
+def _committed(buffers: list, others: list) -> list:
+    """``buffers`` committed to their device (the same memory, not a copy), when every
+    array of the step (``buffers`` and ``others``) is on one and the same device.
 
     ``jax.jit`` keys its compiled code on whether each argument is committed: a step's
     outputs are, a variable's first value (``jnp`` arrays, packs, new slots) is not, so
-    without this the second call of every step compiled it again.
+    without this the second call of every step compiled it again. Across several devices an
+    uncommitted scalar is what lets jit place it with the sharded arguments, so it stays so.
     """
-    if getattr(buffer, "committed", True):
-        return buffer
-    return jax.device_put(buffer, buffer.sharding)
+    devices = set()
+    for x in (*buffers, *others):
+        sharding = getattr(x, "sharding", None)
+        if sharding is not None:
+            devices |= set(sharding.device_set)
+    if len(devices) != 1:
+        return buffers
+    return [x if getattr(x, "committed", True) else jax.device_put(x, x.sharding)
+            for x in buffers]
 
 
 def _lift_out(units: list, values: list) -> None:
@@ -244,9 +252,11 @@ class Function:
         # from reading their buffers until its results are stored: a step on another thread
         # never sees a donated buffer.
         with locked_at_top_level(entry.lock_vars):
-            new_written, out_vals = entry.jitted(_lift_in(entry.written_units, donate=True),
-                                                 _lift_in(entry.read_units, donate=False), dyn,
-                                                 _runtime_zero())
+            read_vals = _lift_in(entry.read_units, donate=False)
+            written_vals = _lift_in(entry.written_units, donate=True)
+            if not nested():
+                written_vals = _committed(written_vals, [*read_vals, *dyn.values()])
+            new_written, out_vals = entry.jitted(written_vals, read_vals, dyn, _runtime_zero())
             _lift_out(entry.written_units, new_written)
         name = getattr(self._fn, "__name__", "function")
         return rebuild_output(entry.out_tree, out_vals, entry.op_positions,
