@@ -243,13 +243,14 @@ def multi_tensor(rule: Rule, max_leaf_size: int = DEFAULT_MAX_LEAF_SIZE) -> Mult
                 f"(grads: {treedef}); {e}") from None
         # A ``None`` parameter (an empty subtree: ``eqx.partition`` puts one where the model
         # holds no array) has no slots; it stays ``None``, as in the per-leaf rule.
+        for (path, g), p in zip(flat_g, flat_p):
+            if p is None and g is not None:
+                raise ValueError(f"{rd.name}: a gradient for {_rule._leaf_name(path)} but its "
+                                 f"parameter is None")
+        n_leaves = len(flat_p)
         present = [i for i, p in enumerate(flat_p) if p is not None]
-        for i in range(len(flat_p)):
-            if flat_p[i] is None and flat_g[i][1] is not None:
-                raise ValueError(f"{rd.name}: a gradient for {_rule._leaf_name(flat_g[i][0])}"
-                                 f" but its parameter is None")
         flat_g = [flat_g[i] for i in present]
-        every_p, flat_p = flat_p, [flat_p[i] for i in present]
+        flat_p = [flat_p[i] for i in present]
         plan = _plan(flat_p, max_leaf_size)
         _check_state(rd.name, plan, state, slot_names)
         count = state.count
@@ -291,7 +292,7 @@ def multi_tensor(rule: Rule, max_leaf_size: int = DEFAULT_MAX_LEAF_SIZE) -> Mult
         fields.update(non_slot)
         for s in slot_names:
             fields[s] = tuple(new_slots[s])
-        every_result: list = [None] * len(every_p)
+        every_result: list = [None] * n_leaves
         for i, r in zip(present, results):
             every_result[i] = r
         return jax.tree_util.tree_unflatten(treedef, every_result), rd.state_type(**fields)

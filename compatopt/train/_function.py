@@ -118,10 +118,8 @@ def _lift_in(units: list, donate: bool) -> list:
             else:
                 out.append(u.value)
         return out
-    if not donate:
-        return [u.buffer() if isinstance(u, _packing.Pack) else u.buffer for u in units]
-    return [u.buffer() if isinstance(u, _packing.Pack) else u.donatable_buffer()
-            for u in units]
+    return [u.buffer() if isinstance(u, _packing.Pack) else
+            (u.donatable_buffer() if donate else u.buffer) for u in units]
 
 
 def _committed(buffers: list, others: list) -> list:
@@ -132,7 +130,10 @@ def _committed(buffers: list, others: list) -> list:
     outputs are, a variable's first value (``jnp`` arrays, packs, new slots) is not, so
     without this the second call of every step compiled it again. Across several devices an
     uncommitted scalar is what lets jit place it with the sharded arguments, so it stays so.
+    Every later step's buffers are committed already: it returns at the first check.
     """
+    if all(getattr(x, "committed", True) for x in buffers):
+        return buffers
     devices = set()
     for x in (*buffers, *others):
         sharding = getattr(x, "sharding", None)
